@@ -1,0 +1,108 @@
+"""Typed errors of the localai-sd library.
+
+Every error a user can cause or meet is one of these. The CLI prints ``str(err)``
+on one line and exits non-zero; the server maps the type to an HTTP status
+(see ``localai_sd.server``). Messages name the offending value and the rule.
+"""
+
+from __future__ import annotations
+
+
+class LocalAISDError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+    #: The request field the error is about, when there is one (OpenAI's ``param``).
+    param: str | None = None
+    #: A short machine-readable code (OpenAI's ``code``), or None.
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        if param is not None:
+            self.param = param
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        """The one-line human message."""
+        return str(self)
+
+
+class InvalidRequest(LocalAISDError):
+    """A request value breaks a rule (size, steps, mode, sampler, seed, n, ...)."""
+
+
+class UnsafePath(InvalidRequest):
+    """A file or model name would escape its base directory (absolute, '..', symlink)."""
+
+    code = "unsafe_path"
+
+
+class ModelNotFound(LocalAISDError):
+    """No model config ``<models>/<name>.yaml`` exists for the requested name."""
+
+    param = "model"
+    code = "model_not_found"
+
+
+class ModelConfigError(LocalAISDError):
+    """An installed model's config is unusable (bad YAML, unknown backend, missing asset dir)."""
+
+    code = "model_config_error"
+
+
+class AssetError(ModelConfigError):
+    """An asset file of a model is missing, truncated or corrupt; the message names it."""
+
+    code = "asset_error"
+
+
+class GalleryError(LocalAISDError):
+    """A gallery URL or gallery file is invalid or cannot be fetched."""
+
+    code = "gallery_error"
+
+
+class DownloadError(GalleryError):
+    """A download failed (HTTP status, timeout, connection cut after retries)."""
+
+    code = "download_error"
+
+
+class ChecksumMismatch(DownloadError):
+    """A downloaded file's sha256 differs from the gallery's."""
+
+    code = "checksum_mismatch"
+
+    def __init__(self, filename: str, expected: str, actual: str):
+        super().__init__(
+            f"sha256 mismatch for {filename!r}: expected {expected.lower()}, got {actual.lower()}"
+        )
+        self.filename = filename
+        self.expected = expected.lower()
+        self.actual = actual.lower()
+
+
+class InsufficientDiskSpace(DownloadError):
+    """Not enough free disk space for a download."""
+
+    code = "insufficient_disk_space"
+
+
+class OutputError(LocalAISDError):
+    """An output file cannot be written (unwritable path, full disk)."""
+
+    code = "output_error"
+
+
+class Cancelled(LocalAISDError):
+    """A generation or install was cancelled (client gone, user interrupt)."""
+
+    code = "cancelled"
+
+
+class QueueFull(LocalAISDError):
+    """The generation queue is full; try again later."""
+
+    code = "queue_full"

@@ -1,0 +1,92 @@
+"""The model store: ``<models>/<name>.yaml`` configs that point at asset directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from localai_sd.errors import ModelConfigError, ModelNotFound, UnsafePath
+from localai_sd.paths import safe_join
+
+#: Backends whose assets this project runs (tinydream ships the same weights under other names).
+SUPPORTED_BACKENDS = ("stablediffusion", "tinydream")
+CONFIG_SUFFIX = ".yaml"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A parsed model config: its name, backend, asset directory and per-model defaults."""
+
+    name: str
+    backend: str
+    asset_dir: Path
+    config_path: Path
+    #: LocalAI v2 per-model default step count (``step:``), if set.
+    step: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def config_path(models_path: Path, name: str) -> Path:
+    """The config file of model ``name``, checked to lie inside the models path."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        raise UnsafePath(f"model name {name!r} must be a non-empty name without slashes", param="model")
+    return safe_join(models_path, name + CONFIG_SUFFIX, what="model name")
+
+
+def list_models(models_path: Path) -> list[str]:
+    """Names of the installed models (every ``<name>.yaml`` with a supported backend), sorted."""
+    if not models_path.is_dir():
+        return []
+    names = []
+    for path in sorted(models_path.glob("*" + CONFIG_SUFFIX)):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("backend", "stablediffusion") in SUPPORTED_BACKENDS:
+            names.append(path.name[: -len(CONFIG_SUFFIX)])
+    return names
+
+
+def load_config(models_path: Path, name: str) -> ModelConfig:
+    """Read ``<models>/<name>.yaml``; the asset dir is ``parameters.model`` or the older ``asset_dir``."""
+    path = config_path(models_path, name)
+    if not path.is_file():
+        installed = list_models(models_path)
+        hint = f"installed: {', '.join(installed)}" if installed else "no models are installed"
+        raise ModelNotFound(
+            f"model {name!r} not found: no {path.name} in {models_path} ({hint}); "
+            f"install it with: local-ai install {name}"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelConfigError(f"model config {path} cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelConfigError(f"model config {path} must be a YAML mapping, got {type(data).__name__}")
+    backend = data.get("backend") or "stablediffusion"
+    if backend not in SUPPORTED_BACKENDS:
+        raise ModelConfigError(
+            f"model {name!r} has backend {backend!r}; this server runs {' or '.join(SUPPORTED_BACKENDS)}"
+        )
+    parameters = data.get("parameters") if isinstance(data.get("parameters"), dict) else {}
+    asset = parameters.get("model") or data.get("asset_dir")
+    if not isinstance(asset, str) or not asset:
+        raise ModelConfigError(
+            f"model config {path} names no asset directory: set parameters.model (or the older asset_dir)"
+        )
+    asset_dir = Path(asset) if Path(asset).is_absolute() else models_path / asset
+    if not asset_dir.is_dir():
+        raise ModelConfigError(f"model {name!r}: asset directory {asset_dir} does not exist")
+    step = data.get("step")
+    return ModelConfig(
+        name=name,
+        backend=backend,
+        asset_dir=asset_dir,
+        config_path=path,
+        step=step if isinstance(step, int) and not isinstance(step, bool) and step > 0 else None,
+        raw=data,
+    )

@@ -1,0 +1,158 @@
+"""The one settings object shared by the CLI, the server and the installer.
+
+Field names follow LocalAI's flags; ``Settings.from_env`` reads LocalAI's
+environment variable names. Nothing here touches the disk at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from localai_sd.errors import InvalidRequest
+
+DEFAULT_GALLERY_URL = "github:go-skynet/model-gallery/index.yaml"
+DEFAULT_MODEL = "stablediffusion"
+DEFAULT_ADDRESS = "127.0.0.1:8080"
+#: OpenAI: "URLs are only valid for 60 minutes".
+DEFAULT_IMAGE_TTL_SECONDS = 3600
+#: LocalAI's Fiber body limit, in MB.
+DEFAULT_UPLOAD_LIMIT_MB = 15
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """A named gallery index URL, as in LocalAI's ``GALLERIES`` JSON."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about localai-sd, in one immutable object."""
+
+    models_path: Path = field(default_factory=lambda: Path("models"))
+    #: Where URL-mode images go; None means ``<models_path>/generated-images``.
+    image_path: Path | None = None
+    address: str = DEFAULT_ADDRESS
+    #: ncnn threads; None means one per core.
+    threads: int | None = None
+    api_keys: tuple[str, ...] = ()
+    galleries: tuple[Gallery, ...] = (Gallery("model-gallery", DEFAULT_GALLERY_URL),)
+    #: URL prefix rewrites for air-gapped installs: (prefix, replacement) pairs.
+    mirrors: tuple[tuple[str, str], ...] = ()
+    preload_models: str | None = None
+    preload_models_config: Path | None = None
+    upload_limit_mb: int = DEFAULT_UPLOAD_LIMIT_MB
+    cors: bool = False
+    cors_allow_origins: tuple[str, ...] = ("*",)
+    #: Public base URL for image links behind a proxy, e.g. https://example.com/sd
+    base_url: str | None = None
+    image_ttl_seconds: int = DEFAULT_IMAGE_TTL_SECONDS
+    default_model: str = DEFAULT_MODEL
+    default_mode: int = 0
+    default_steps: int = 15
+    #: How many loaded pipelines the server keeps warm.
+    max_loaded_models: int = 1
+    #: Generation workers; ncnn already uses every core, so one by default.
+    workers: int = 1
+    #: Requests waiting for a worker before the server answers 429.
+    queue_size: int = 16
+    max_prompt_chars: int = 4000
+    #: Cap on n * steps of one request.
+    max_n_steps: int = 1000
+    #: Cap on width * height of one request (1024x1024 by default).
+    max_pixels: int = 1024 * 1024
+    #: Download timeouts, seconds.
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    download_retries: int = 3
+
+    @property
+    def resolved_image_path(self) -> Path:
+        """The image directory, defaulting to a folder under the models path."""
+        return self.image_path if self.image_path is not None else self.models_path / "generated-images"
+
+    def with_changes(self, **changes: object) -> Settings:
+        """A copy with some fields replaced; None values are ignored."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from LocalAI's environment variable names, then explicit overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if v := env.get("MODELS_PATH"):
+            values["models_path"] = Path(v)
+        if v := env.get("IMAGE_PATH"):
+            values["image_path"] = Path(v)
+        if v := env.get("ADDRESS"):
+            values["address"] = v
+        if v := env.get("THREADS"):
+            values["threads"] = parse_positive_int(v, "THREADS")
+        if v := env.get("API_KEY"):
+            values["api_keys"] = parse_api_keys(v)
+        if v := env.get("GALLERIES"):
+            values["galleries"] = parse_galleries(v)
+        if v := env.get("LOCALAI_MIRRORS"):
+            values["mirrors"] = parse_mirrors(v)
+        if v := env.get("PRELOAD_MODELS"):
+            values["preload_models"] = v
+        if v := env.get("PRELOAD_MODELS_CONFIG"):
+            values["preload_models_config"] = Path(v)
+        if v := env.get("UPLOAD_LIMIT"):
+            values["upload_limit_mb"] = parse_positive_int(v, "UPLOAD_LIMIT")
+        if v := env.get("BASE_URL"):
+            values["base_url"] = v
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def parse_positive_int(text: str, name: str) -> int:
+    """Parse a positive integer setting, naming the setting on failure."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a positive integer, got {text!r}", param=name) from None
+    if value < 1:
+        raise InvalidRequest(f"{name} must be a positive integer, got {value}", param=name)
+    return value
+
+
+def parse_api_keys(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated API key list, as LocalAI's ``API_KEY``."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
+def parse_galleries(text: str) -> tuple[Gallery, ...]:
+    """Parse LocalAI's ``GALLERIES`` JSON: ``[{"name": ..., "url": ...}]``."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"galleries must be a JSON list of {{name, url}}: {exc}", param="galleries") from None
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("url"), str) for i in items
+    ):
+        raise InvalidRequest(
+            f'galleries must be a JSON list of {{"name": str, "url": str}}, got {text!r}', param="galleries"
+        )
+    return tuple(Gallery(i["name"], i["url"]) for i in items)
+
+
+def parse_mirrors(text: str) -> tuple[tuple[str, str], ...]:
+    """Parse ``PREFIX=REPLACEMENT`` pairs separated by commas (``LOCALAI_MIRRORS``)."""
+    pairs = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        prefix, sep, replacement = item.partition("=")
+        if not sep or not prefix or not replacement:
+            raise InvalidRequest(
+                f"mirror {item!r} must have the form PREFIX=REPLACEMENT, "
+                "e.g. https://github.com/=http://mirror.local/gh/",
+                param="mirrors",
+            )
+        pairs.append((prefix, replacement))
+    return tuple(pairs)
