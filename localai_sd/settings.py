@@ -133,9 +133,12 @@ def parse_galleries(text: str) -> tuple[Gallery, ...]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"galleries must be a JSON list of {{name, url}}: {exc}", param="galleries") from None
+        raise InvalidRequest(
+            f"galleries must be a JSON list of {{name, url}}: {exc}", param="galleries"
+        ) from None
     if not isinstance(items, list) or not all(
-        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("url"), str) for i in items
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("url"), str)
+        for i in items
     ):
         raise InvalidRequest(
             f'galleries must be a JSON list of {{"name": str, "url": str}}, got {text!r}', param="galleries"

@@ -1,0 +1,91 @@
+"""Pixels out of the decoder, PNG bytes with an A1111 ``parameters`` text chunk, and safe file writes."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from localai_sd.errors import OutputError
+
+#: The PNG tEXt key AUTOMATIC1111 reads back for "PNG Info".
+PNG_PARAMETERS_KEY = "parameters"
+
+
+def decoder_to_pixels(decoded: np.ndarray) -> np.ndarray:
+    """Map VAE decoder output (3, H, W) in about [-1, 1] to uint8 (H, W, 3): (x + 1) * 127.5, clamped."""
+    pixels = (np.asarray(decoded, dtype=np.float32) + 1.0) * 127.5
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def infotext(
+    *,
+    prompt: str,
+    negative_prompt: str,
+    steps: int,
+    sampler: str,
+    schedule: str,
+    cfg_scale: float,
+    seed: int,
+    width: int,
+    height: int,
+    model: str,
+) -> str:
+    """The A1111 infotext: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    pairs = {
+        "Steps": steps,
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": f"{cfg_scale:g}",
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model": model,
+    }
+    lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
+    return "\n".join(lines)
+
+
+def encode_png(pixels: np.ndarray, parameters: str) -> bytes:
+    """Encode (H, W, 3) uint8 pixels as PNG bytes carrying a ``parameters`` tEXt chunk."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_PARAMETERS_KEY, parameters)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_png_parameters(data: bytes) -> str | None:
+    """Read the A1111 ``parameters`` text back from PNG bytes (None when absent)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.info.get(PNG_PARAMETERS_KEY)
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to ``path`` via a temporary file and rename, so a failure leaves no partial file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise OutputError(f"cannot write {path}: directory {directory} does not exist")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise OutputError(f"cannot write {path}: {reason}") from None
