@@ -32,13 +32,13 @@ def test_older_asset_dir_form_and_tinydream(tmp_path: Path) -> None:
 
 
 def test_missing_model_names_it_and_how_to_install(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFound, match="'nope' not found.*local-ai install nope"):
+    with pytest.raises(ModelNotFound, match=r"'nope' not found.*local-ai install nope"):
         load_config(tmp_path, "nope")
 
 
 def test_missing_asset_dir(tmp_path: Path) -> None:
     write(tmp_path / "sd.yaml", "backend: stablediffusion\nparameters:\n  model: gone\n")
-    with pytest.raises(ModelConfigError, match="asset directory .*gone does not exist"):
+    with pytest.raises(ModelConfigError, match=r"asset directory .*gone does not exist"):
         load_config(tmp_path, "sd")
 
 
