@@ -1,0 +1,155 @@
+"""Tests of the CompVis schedule and the CFG denoiser (localai_sd.pipeline.denoiser)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localai_sd.errors import AssetError
+from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+
+
+def real_log_sigmas_path() -> Path:
+    """Path of the real EdVince log_sigmas.bin, skipping when absent."""
+    env = os.environ.get("LOCALAI_SD_SHARED")
+    shared = Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared"
+    path = shared / "sd-ncnn" / "assets" / "log_sigmas.bin"
+    if not path.is_file():
+        pytest.skip(f"real log_sigmas.bin not found at {path} (set LOCALAI_SD_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def schedule() -> CompVisDenoiser:
+    return CompVisDenoiser(sd1_log_sigmas())
+
+
+def kdiffusion_sigma_to_t(log_sigmas: np.ndarray, sigma: float) -> float:
+    """k-diffusion DiscreteSchedule.sigma_to_t written out step by step (independent check)."""
+    log_sigma = math.log(sigma)
+    dists = log_sigma - log_sigmas
+    low_idx = min(int(np.cumsum(dists >= 0).argmax()), len(log_sigmas) - 2)
+    low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
+    w = min(max((low - log_sigma) / (low - high), 0.0), 1.0)
+    return (1 - w) * low_idx + w * (low_idx + 1)
+
+
+# --- log-sigmas ----------------------------------------------------------------------------------------------
+
+
+def test_sd1_log_sigmas_shape_and_known_ends() -> None:
+    log_sigmas = sd1_log_sigmas()
+    assert log_sigmas.shape == (1000,) and log_sigmas.dtype == np.float32
+    # SD 1.x sigma range, as k-diffusion reports it: sigma_min ≈ 0.0292, sigma_max ≈ 14.6146.
+    assert math.exp(log_sigmas[0]) == pytest.approx(0.029168, rel=1e-4)
+    assert math.exp(log_sigmas[-1]) == pytest.approx(14.614642, rel=1e-5)
+
+
+def test_sd1_log_sigmas_match_the_real_file() -> None:
+    real = load_log_sigmas(real_log_sigmas_path())
+    np.testing.assert_allclose(sd1_log_sigmas(), real, atol=1e-4)
+
+
+def test_load_log_sigmas_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "log_sigmas.bin"
+    sd1_log_sigmas().astype("<f4").tofile(path)
+    np.testing.assert_array_equal(load_log_sigmas(path), sd1_log_sigmas())
+
+
+def test_load_log_sigmas_wrong_size_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "log_sigmas.bin"
+    path.write_bytes(b"\0" * 3996)
+    with pytest.raises(AssetError, match=r"'log_sigmas\.bin' has 3996 bytes.*4000"):
+        load_log_sigmas(path)
+
+
+def test_load_log_sigmas_rejects_decreasing_or_missing(tmp_path: Path) -> None:
+    path = tmp_path / "log_sigmas.bin"
+    sd1_log_sigmas()[::-1].astype("<f4").tofile(path)
+    with pytest.raises(AssetError, match="non-decreasing"):
+        load_log_sigmas(path)
+    with pytest.raises(AssetError, match=r"absent\.bin"):
+        load_log_sigmas(tmp_path / "absent.bin")
+
+
+# --- schedule --------------------------------------------------------------------------------------------
+
+
+def test_sigma_range(schedule: CompVisDenoiser) -> None:
+    assert schedule.sigma_min == pytest.approx(math.exp(sd1_log_sigmas()[0]))
+    assert schedule.sigma_max == pytest.approx(math.exp(sd1_log_sigmas()[-1]))
+
+
+def test_t_to_sigma_and_back_is_identity(schedule: CompVisDenoiser) -> None:
+    t = np.linspace(0, 999, 137)
+    np.testing.assert_allclose(schedule.sigma_to_t(schedule.t_to_sigma(t)), t, atol=1e-6)
+
+
+def test_t_to_sigma_hits_table_values_at_integers(schedule: CompVisDenoiser) -> None:
+    np.testing.assert_allclose(
+        np.log(schedule.t_to_sigma([0, 500, 999])), sd1_log_sigmas()[[0, 500, 999]], rtol=1e-6
+    )
+
+
+def test_sigma_to_t_matches_kdiffusion_formula(schedule: CompVisDenoiser) -> None:
+    rng = np.random.default_rng(0)
+    for sigma in np.exp(rng.uniform(-4.5, 3.5, 200)):  # includes values beyond both ends of the table
+        assert float(schedule.sigma_to_t(sigma)) == pytest.approx(
+            kdiffusion_sigma_to_t(schedule.log_sigmas, float(sigma)), abs=1e-9
+        )
+
+
+def test_sigma_to_t_clamps_and_handles_zero(schedule: CompVisDenoiser) -> None:
+    assert float(schedule.sigma_to_t(0.0)) == 0.0
+    assert float(schedule.sigma_to_t(1e6)) == 999.0
+
+
+def test_schedule_rejects_bad_tables() -> None:
+    with pytest.raises(ValueError, match="non-decreasing"):
+        CompVisDenoiser([1.0, 0.0, 2.0])
+    with pytest.raises(ValueError, match="1-D"):
+        CompVisDenoiser([[0.0, 1.0]])
+
+
+# --- CFG denoiser ---------------------------------------------------------------------------------------
+
+
+class RecordingUNet:
+    """Fake UNet: denoised = x + c_out * (cond mean) so cond and uncond give different outputs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, int, float, float]] = []
+
+    def __call__(self, x: np.ndarray, t: float, cond: np.ndarray, c_in: float, c_out: float) -> np.ndarray:
+        self.calls.append((t, cond.shape[0], c_in, c_out))
+        return (x + c_out * float(cond.mean())).astype(np.float32)
+
+
+def test_cfg_combines_cond_and_uncond(schedule: CompVisDenoiser) -> None:
+    unet = RecordingUNet()
+    cond = np.full((154, 768), 2.0, np.float32)  # two chunks
+    uncond = np.full((77, 768), 0.5, np.float32)  # one chunk: lengths may differ
+    model = cfg_denoiser(unet, schedule, cond, uncond, cfg_scale=7.5)
+    x = np.ones((4, 8, 8), np.float32)
+    sigma = 3.0
+    out = model(x, sigma)
+    cond_d, uncond_d = x - sigma * 2.0, x - sigma * 0.5
+    np.testing.assert_allclose(out, uncond_d + 7.5 * (cond_d - uncond_d), rtol=1e-6)
+    assert out.dtype == np.float32
+    assert [rows for _, rows, _, _ in unet.calls] == [154, 77]
+    t, _, c_in, c_out = unet.calls[0]
+    assert t == pytest.approx(float(schedule.sigma_to_t(sigma)))
+    assert (c_in, c_out) == (pytest.approx(1 / math.sqrt(10.0)), -3.0)
+
+
+def test_cfg_scale_one_skips_the_uncond_pass(schedule: CompVisDenoiser) -> None:
+    unet = RecordingUNet()
+    cond = np.full((77, 768), 2.0, np.float32)
+    model = cfg_denoiser(unet, schedule, cond, np.zeros((77, 768), np.float32), cfg_scale=1.0)
+    out = model(np.zeros((4, 8, 8), np.float32), 1.0)
+    np.testing.assert_allclose(out, -2.0)
+    assert len(unet.calls) == 1
