@@ -1,0 +1,179 @@
+"""``local-ai serve``: run the OpenAI-compatible image server with LocalAI's flag and env var names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from localai_sd.cli.app import handle_errors
+from localai_sd.errors import InvalidRequest
+from localai_sd.settings import Settings, parse_api_keys, parse_galleries
+
+#: LocalAI's ``:8080`` means every interface.
+ALL_INTERFACES = "0.0.0.0"
+MAX_PORT = 65535
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``host:port`` (``:port`` = all interfaces, ``[v6]:port``) into (host, port)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) <= MAX_PORT:
+        raise InvalidRequest(
+            f"address {text!r} must have the form HOST:PORT (or :PORT), e.g. 127.0.0.1:8080", param="address"
+        )
+    host = host.strip("[]") or ALL_INTERFACES
+    return host, int(port_text)
+
+
+def build_settings(
+    env: dict[str, str],
+    *,
+    address: str | None = None,
+    models_path: Path | None = None,
+    image_path: Path | None = None,
+    threads: int | None = None,
+    api_keys: str | None = None,
+    galleries: str | None = None,
+    preload_models: str | None = None,
+    preload_models_config: Path | None = None,
+    upload_limit: int | None = None,
+    cors: bool | None = None,
+    cors_allow_origins: str | None = None,
+    base_url: str | None = None,
+    image_ttl: int | None = None,
+    queue_size: int | None = None,
+    max_loaded_models: int | None = None,
+    workers: int | None = None,
+) -> Settings:
+    """Settings from LocalAI's env vars, then the flags given (flags win)."""
+    for name, value in (("threads", threads), ("upload-limit", upload_limit), ("image-ttl", image_ttl)):
+        if value is not None and value < 1:
+            raise InvalidRequest(f"--{name} must be a positive integer, got {value}", param=name)
+    for name, value in (("max-loaded-models", max_loaded_models), ("workers", workers)):
+        if value is not None and value < 1:
+            raise InvalidRequest(f"--{name} must be a positive integer, got {value}", param=name)
+    if queue_size is not None and queue_size < 0:
+        raise InvalidRequest(f"--queue-size must be 0 or more, got {queue_size}", param="queue-size")
+    if address is not None:
+        parse_address(address)
+    origins = (
+        tuple(o.strip() for o in cors_allow_origins.split(",") if o.strip()) if cors_allow_origins else None
+    )
+    return Settings.from_env(
+        env,
+        address=address,
+        models_path=models_path,
+        image_path=image_path,
+        threads=threads,
+        api_keys=parse_api_keys(api_keys) if api_keys else None,
+        galleries=parse_galleries(galleries) if galleries else None,
+        preload_models=preload_models,
+        preload_models_config=preload_models_config,
+        upload_limit_mb=upload_limit,
+        cors=cors,
+        cors_allow_origins=origins,
+        base_url=base_url,
+        image_ttl_seconds=image_ttl,
+        queue_size=queue_size,
+        max_loaded_models=max_loaded_models,
+        workers=workers,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to ``app``."""
+
+    @app.command("serve")
+    @handle_errors
+    def serve(
+        address: Annotated[
+            str | None,
+            typer.Option(envvar="ADDRESS", help="HOST:PORT to listen on [default: 127.0.0.1:8080]"),
+        ] = None,
+        models_path: Annotated[
+            Path | None,
+            typer.Option(envvar="MODELS_PATH", help="Model configs and assets [default: ./models]"),
+        ] = None,
+        image_path: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="IMAGE_PATH", help="URL-mode images [default: <models-path>/generated-images]"
+            ),
+        ] = None,
+        threads: Annotated[
+            int | None, typer.Option(envvar="THREADS", help="ncnn threads [default: all cores]")
+        ] = None,
+        api_keys: Annotated[
+            str | None, typer.Option(envvar="API_KEY", help="Comma-separated API keys; none = open server")
+        ] = None,
+        galleries: Annotated[
+            str | None, typer.Option(envvar="GALLERIES", help='JSON list: [{"name": ..., "url": ...}]')
+        ] = None,
+        preload_models: Annotated[
+            str | None,
+            typer.Option(envvar="PRELOAD_MODELS", help="JSON list of install requests to run first"),
+        ] = None,
+        preload_models_config: Annotated[
+            Path | None,
+            typer.Option(envvar="PRELOAD_MODELS_CONFIG", help="YAML/JSON file of install requests"),
+        ] = None,
+        upload_limit: Annotated[
+            int | None, typer.Option(envvar="UPLOAD_LIMIT", help="Request body limit in MB [default: 15]")
+        ] = None,
+        cors: Annotated[bool | None, typer.Option("--cors", envvar="CORS", help="Enable CORS")] = None,
+        cors_allow_origins: Annotated[
+            str | None,
+            typer.Option(envvar="CORS_ALLOW_ORIGINS", help="Comma-separated CORS origins [default: *]"),
+        ] = None,
+        base_url: Annotated[
+            str | None,
+            typer.Option(
+                envvar="BASE_URL", help="Public URL for image links behind a proxy, e.g. https://x/sd"
+            ),
+        ] = None,
+        image_ttl: Annotated[
+            int | None, typer.Option(envvar="IMAGE_TTL", help="Seconds URL images live [default: 3600]")
+        ] = None,
+        queue_size: Annotated[
+            int | None, typer.Option(envvar="QUEUE_SIZE", help="Waiting generations before 429 [default: 16]")
+        ] = None,
+        max_loaded_models: Annotated[
+            int | None,
+            typer.Option(envvar="MAX_LOADED_MODELS", help="Models kept warm in memory [default: 1]"),
+        ] = None,
+        workers: Annotated[
+            int | None,
+            typer.Option(
+                envvar="GENERATION_WORKERS", help="Parallel generations [default: 1; ncnn uses all cores]"
+            ),
+        ] = None,
+    ) -> None:
+        """Run the OpenAI-compatible image API (POST /v1/images/generations) and model management."""
+        import uvicorn
+
+        from localai_sd.server.app import create_app
+
+        settings = build_settings(
+            dict(os.environ),
+            address=address,
+            models_path=models_path,
+            image_path=image_path,
+            threads=threads,
+            api_keys=api_keys,
+            galleries=galleries,
+            preload_models=preload_models,
+            preload_models_config=preload_models_config,
+            upload_limit=upload_limit,
+            cors=cors,
+            cors_allow_origins=cors_allow_origins,
+            base_url=base_url,
+            image_ttl=image_ttl,
+            queue_size=queue_size,
+            max_loaded_models=max_loaded_models,
+            workers=workers,
+        )
+        host, port = parse_address(settings.address)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)

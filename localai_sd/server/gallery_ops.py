@@ -1,0 +1,93 @@
+"""The server's view of the model gallery: validate, install with progress, list, delete, preload.
+
+A thin adapter over ``localai_sd.gallery`` so routes stay small and tests can see one seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from localai_sd.gallery.download import DownloadProgress
+from localai_sd.gallery.install import (
+    InstallRequest,
+    available_models,
+    delete_model,
+    install_model,
+    validate_request,
+)
+from localai_sd.gallery.preload import preload
+from localai_sd.server.jobs import InstallStatus
+from localai_sd.settings import Settings
+
+
+class GalleryOps(Protocol):
+    """What the model-management routes need of the gallery."""
+
+    def validate(self, body: dict[str, Any]) -> Any:
+        """Check an install request before it is queued; raise a library error if it is bad."""
+        ...
+
+    def install(self, request: Any, status: InstallStatus) -> str:
+        """Install a validated request, updating ``status``; return the installed model name."""
+        ...
+
+    def available(self) -> list[dict[str, Any]]:
+        """Gallery entries, each with ``installed``."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove an installed model."""
+        ...
+
+    def preload(self) -> None:
+        """Install ``--preload-models`` / ``--preload-models-config`` entries."""
+        ...
+
+
+class LibraryGallery:
+    """``GalleryOps`` backed by ``localai_sd.gallery``."""
+
+    def __init__(self, settings: Settings):
+        """Use the galleries, models path and download policy of ``settings``."""
+        self.settings = settings
+
+    def validate(self, body: dict[str, Any]) -> InstallRequest:
+        """Parse and check the request (fields, URL forms, gallery id, names, paths) without downloading."""
+        request = InstallRequest.from_dict(body)
+        validate_request(request, self.settings)
+        return request
+
+    def install(self, request: InstallRequest, status: InstallStatus) -> str:
+        """Run the install, mirroring its progress events into ``status``; return the model name."""
+        return install_model(
+            request, self.settings, progress=progress_into(status), cancel=status.cancel_event.is_set
+        ).name
+
+    def available(self) -> list[dict[str, Any]]:
+        """Gallery entries as JSON-ready dicts, each with ``installed``."""
+        return [entry.to_dict() for entry in available_models(self.settings)]
+
+    def delete(self, name: str) -> None:
+        """Remove model ``name`` (``ModelNotFound`` if it is not installed)."""
+        delete_model(self.settings, name)
+
+    def preload(self) -> None:
+        """Install the preload list, if any (``PreloadError`` lists every failure)."""
+        if self.settings.preload_models or self.settings.preload_models_config:
+            preload(self.settings)
+
+
+def progress_into(status: InstallStatus) -> Callable[[DownloadProgress], None]:
+    """A progress callback copying file name, bytes and overall percent into ``status``."""
+
+    def on_progress(event: DownloadProgress) -> None:
+        """Record one event: percent = finished files plus the current file's share, over all files."""
+        status.file_name = event.filename
+        status.current_bytes = event.done
+        status.total_bytes = event.total or 0
+        share = event.fraction or 0.0
+        if event.count:
+            status.progress = round(100.0 * ((event.index - 1) + share) / event.count, 1)
+
+    return on_progress
