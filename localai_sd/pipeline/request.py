@@ -125,7 +125,8 @@ class GenerationRequest:
         sampler = DEFAULT_SAMPLER if sampler is None else sampler
         if sampler not in SAMPLERS:
             raise InvalidRequest(
-                f"sampler {sampler!r} is unknown; choose one of {', '.join(sorted(SAMPLERS))}", param="sampler"
+                f"sampler {sampler!r} is unknown; choose one of {', '.join(sorted(SAMPLERS))}",
+                param="sampler",
             )
         schedule = DEFAULT_SCHEDULE if schedule is None else schedule
         if schedule not in SCHEDULES:
