@@ -1,0 +1,140 @@
+"""``local-ai generate``: prompt in, PNG files out, with a progress bar over the sampling steps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from localai_sd.cli.app import handle_errors, stderr_console
+from localai_sd.errors import OutputError
+from localai_sd.models import load_config
+from localai_sd.pipeline.output import write_file_atomic
+from localai_sd.pipeline.request import GenerationRequest
+from localai_sd.settings import Settings
+
+
+def output_paths(output: Path | None, seeds: list[int]) -> list[Path]:
+    """One path per image: ``{seed}`` in the name is filled in; several images get ``-<seed>`` added."""
+    if output is None:
+        return [Path(f"sd-{seed}.png") for seed in seeds]
+    if "{seed}" in output.name:
+        return [output.with_name(output.name.replace("{seed}", str(seed))) for seed in seeds]
+    if len(seeds) == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{seed}{output.suffix or '.png'}") for seed in seeds]
+
+
+def check_writable(paths: list[Path]) -> None:
+    """Fail before generating if an output file could not be written."""
+    for path in paths:
+        directory = path.parent if str(path.parent) else Path(".")
+        if path.is_dir():
+            raise OutputError(f"output {path} is a directory; give a file name such as {path / 'image.png'}")
+        if not directory.is_dir():
+            raise OutputError(f"output directory {directory} does not exist")
+        if not os.access(directory, os.W_OK):
+            raise OutputError(f"output directory {directory} is not writable")
+
+
+def generate(
+    prompt: Annotated[
+        str, typer.Argument(help="The prompt; text after the first '|' is the negative prompt.")
+    ],
+    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT, both multiples of 64.")] = "512x512",
+    step: Annotated[
+        int | None, typer.Option("--step", "--steps", help="Sampling steps (default 15).")
+    ] = None,
+    mode: Annotated[int, typer.Option(help="0: low memory; 1: winograd/sgemm convolutions (faster).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="0 … 2**32-1; random when omitted.")] = None,
+    sampler: Annotated[str, typer.Option(help="euler_a, euler, heun, dpm2, lms, dpmpp_2m, ...")] = "euler_a",
+    schedule: Annotated[
+        str, typer.Option(help="default (the reference's), karras or exponential.")
+    ] = "default",
+    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    n: Annotated[int, typer.Option(help="Number of images; they use seed, seed+1, ...")] = 1,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="PNG path; '{seed}' is replaced by the seed.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model name: <models-path>/<model>.yaml.")] = "stablediffusion",
+    models_path: Annotated[Path, typer.Option(envvar="MODELS_PATH", help="Where models live.")] = Path(
+        "models"
+    ),
+    threads: Annotated[int | None, typer.Option(envvar="THREADS", min=1, help="ncnn threads.")] = None,
+    preload_models: Annotated[
+        str | None, typer.Option(envvar="PRELOAD_MODELS", help="JSON list of install requests to run first.")
+    ] = None,
+    preload_models_config: Annotated[
+        Path | None, typer.Option(envvar="PRELOAD_MODELS_CONFIG", help="YAML/JSON file of install requests.")
+    ] = None,
+) -> None:
+    """Generate images from a prompt and write them as PNG files."""
+    from localai_sd.cli.gallery import ensure_model, run_preload
+    from localai_sd.pipeline.pipeline import StableDiffusion
+
+    console = stderr_console()
+    settings = Settings.from_env(
+        models_path=models_path,
+        threads=threads,
+        preload_models=preload_models,
+        preload_models_config=preload_models_config,
+    )
+    run_preload(settings, console)
+    ensure_model(settings, model, console)
+    config = load_config(settings.models_path, model)
+    request = GenerationRequest.create(
+        prompt,
+        size=size,
+        steps=step if step is not None else config.step,
+        mode=mode,
+        seed=seed,
+        sampler=sampler,
+        schedule=schedule,
+        cfg_scale=cfg_scale,
+        n=n,
+    )
+    paths = output_paths(output, request.seeds)
+    check_writable(paths)
+    if request.seed_was_random:
+        console.print(f"seed: {request.seed} (random)")
+
+    with console.status(f"loading model {model!r}…"):
+        sd = StableDiffusion.load(config, threads=settings.threads)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("sampling", total=request.n * request.steps)
+
+        def on_step(event) -> None:
+            progress.update(
+                task,
+                completed=event.index * event.steps + event.step,
+                total=request.n * event.steps,
+                description=f"image {event.index + 1}/{event.n}",
+            )
+
+        images = sd.generate(request, on_step=on_step)
+    for image, path in zip(images, paths, strict=True):
+        write_file_atomic(path, image.png)
+        typer.echo(f"{path} (seed {image.seed})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``generate`` command."""
+    app.command("generate")(handle_errors(generate))

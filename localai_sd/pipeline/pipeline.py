@@ -1,0 +1,255 @@
+"""StableDiffusion: load the nets once, then turn requests into PNG images, step by step."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from localai_sd.errors import Cancelled
+from localai_sd.models import ModelConfig
+from localai_sd.pipeline import nets
+from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+from localai_sd.pipeline.output import decoder_to_pixels, encode_png, infotext
+from localai_sd.pipeline.prompt import build_chunks
+from localai_sd.pipeline.request import GenerationRequest
+from localai_sd.pipeline.samplers import SAMPLER_LABELS, SAMPLERS, SCHEDULE_LABELS, SCHEDULES
+from localai_sd.pipeline.tokenizer import ClipTokenizer
+
+#: SD 1.x latents have 4 channels at 1/8 of the image size.
+LATENT_CHANNELS = 4
+LATENT_FACTOR = 8
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Progress of one sampling step: image ``index`` of ``n``, step ``step`` of ``steps``."""
+
+    index: int
+    n: int
+    step: int
+    steps: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One generated image: its PNG bytes (with an A1111 ``parameters`` chunk) and its seed."""
+
+    png: bytes
+    seed: int
+    width: int
+    height: int
+    #: The A1111-style infotext stored in the PNG.
+    parameters: str
+
+
+StepCallback = Callable[[StepEvent], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class Timings:
+    """Wall time of the last ``generate`` call by phase, and the part spent inside ncnn."""
+
+    load: float = 0.0
+    encode: float = 0.0
+    sample: float = 0.0
+    decode: float = 0.0
+    total: float = 0.0
+    ncnn: float = 0.0
+
+
+class StableDiffusion:
+    """A loaded SD 1.x model: tokenizer and text encoder at load, UNet and decoder per size and mode."""
+
+    def __init__(
+        self,
+        assets: AssetSet,
+        *,
+        name: str,
+        threads: int | None = None,
+        synthetic: nets.SyntheticWeights | None = None,
+    ):
+        self.assets = assets
+        self.name = name
+        self.threads = threads
+        #: Random weights of the real layout instead of the .bin files (benchmarks only).
+        self.synthetic = synthetic
+        self.tokenizer = ClipTokenizer(assets.vocab_path)
+        log_sigmas_path = assets.log_sigmas_path
+        self.schedule = CompVisDenoiser(
+            load_log_sigmas(log_sigmas_path) if log_sigmas_path else sd1_log_sigmas()
+        )
+        self.text_encoder = nets.TextEncoder.load(assets, threads=threads, synthetic=self._weights())
+        self._unet: tuple[tuple[int, int, int], nets.UNet] | None = None
+        self._decoder: tuple[tuple[int, int], nets.VAEDecoder] | None = None
+        self._lock = threading.Lock()
+        self.timings = Timings()
+
+    @classmethod
+    def load(cls, config: ModelConfig, *, threads: int | None = None) -> StableDiffusion:
+        """Check a model's assets and load its tokenizer and text encoder; other nets load on first use."""
+        assets = AssetSet.from_dir(config.asset_dir, config.backend)
+        assets.check()
+        return cls(assets, name=config.name, threads=threads)
+
+    @classmethod
+    def from_dir(
+        cls,
+        asset_dir: Path,
+        *,
+        backend: str = "stablediffusion",
+        threads: int | None = None,
+        synthetic: nets.SyntheticWeights | None = None,
+    ) -> StableDiffusion:
+        """Load straight from an asset directory (benchmarks and tests)."""
+        assets = AssetSet.from_dir(asset_dir, backend)
+        if synthetic is None:
+            assets.check()
+        return cls(assets, name=asset_dir.name, threads=threads, synthetic=synthetic)
+
+    def _weights(self) -> nets.SyntheticWeights | None:
+        """A fresh synthetic weight stream per net, or None to read the .bin files."""
+        return None if self.synthetic is None else self.synthetic.fresh()
+
+    def close(self) -> None:
+        """Release every loaded net."""
+        with self._lock:
+            for _, net in filter(None, (self._unet, self._decoder)):
+                net.close()
+            self._unet = self._decoder = None
+            self.text_encoder.close()
+
+    def unet(self, width: int, height: int, mode: int) -> nets.UNet:
+        """The UNet for this size and mode, loaded once; a different one replaces it to bound memory."""
+        key = (width, height, mode)
+        if self._unet is None or self._unet[0] != key:
+            if self._unet is not None:
+                self._unet[1].close()
+                self._unet = None
+            self._unet = (
+                key,
+                nets.UNet.load(
+                    self.assets, width, height, mode=mode, threads=self.threads, synthetic=self._weights()
+                ),
+            )
+        return self._unet[1]
+
+    def decoder(self, width: int, height: int) -> nets.VAEDecoder:
+        """The VAE decoder for this size, loaded once and replaced when the size changes."""
+        key = (width, height)
+        if self._decoder is None or self._decoder[0] != key:
+            if self._decoder is not None:
+                self._decoder[1].close()
+                self._decoder = None
+            self._decoder = (
+                key,
+                nets.VAEDecoder.load(
+                    self.assets, width, height, threads=self.threads, synthetic=self._weights()
+                ),
+            )
+        return self._decoder[1]
+
+    def encode_prompt(self, text: str) -> np.ndarray:
+        """Run each 77-token chunk through the text encoder, feeding back the previous output as ``cond``."""
+        cond = None
+        for chunk in build_chunks(text, self.tokenizer):
+            cond = self.text_encoder(
+                np.asarray(chunk.tokens, dtype=np.int32),
+                np.asarray(chunk.multipliers, dtype=np.float32),
+                cond,
+            )
+        assert cond is not None, "build_chunks always yields at least one chunk"
+        return cond
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[GeneratedImage]:
+        """Make ``request.n`` images: encode once, then per seed sample and decode (raises Cancelled)."""
+        with self._lock:
+            return self._generate(request, on_step, should_cancel)
+
+    def _generate(
+        self, request: GenerationRequest, on_step: StepCallback | None, should_cancel: CancelCheck | None
+    ) -> list[GeneratedImage]:
+        start = time.perf_counter()
+        ncnn_before = self._ncnn_seconds()
+        timings = Timings()
+
+        # 1. Load (or reuse) the nets for this size and mode.
+        unet = self.unet(request.width, request.height, request.mode)
+        decoder = self.decoder(request.width, request.height)
+        timings.load = time.perf_counter() - start
+
+        # 2. Encode the prompt and the negative prompt once for all n images.
+        t0 = time.perf_counter()
+        cond = self.encode_prompt(request.prompt)
+        uncond = self.encode_prompt(request.negative_prompt)
+        timings.encode = time.perf_counter() - t0
+
+        # 3. Draw the sigmas and build the guided denoiser.
+        sigmas = SCHEDULES[request.schedule](request.steps, self.schedule)
+        model = cfg_denoiser(unet, self.schedule, cond, uncond, request.cfg_scale)
+        sampler = SAMPLERS[request.sampler]
+        shape = (LATENT_CHANNELS, request.height // LATENT_FACTOR, request.width // LATENT_FACTOR)
+
+        images = []
+        for index, seed in enumerate(request.seeds):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled(f"generation cancelled before image {index + 1} of {request.n}")
+            # 4. Seed one generator for the initial noise and every ancestral noise.
+            rng = np.random.Generator(np.random.PCG64(seed))
+            x = rng.standard_normal(shape, dtype=np.float32) * np.float32(sigmas[0])
+
+            # 5. Sample, reporting every step and checking for cancellation.
+            def callback(info: dict, index: int = index, seed: int = seed) -> None:
+                if on_step is not None:
+                    on_step(StepEvent(index, request.n, info["i"] + 1, len(sigmas) - 1, seed))
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled(f"generation cancelled at step {info['i'] + 1} of {len(sigmas) - 1}")
+
+            t0 = time.perf_counter()
+            latent = sampler(model, x, sigmas, rng=rng, callback=callback)
+            timings.sample += time.perf_counter() - t0
+
+            # 6. Decode the latent to pixels and a PNG with its parameters.
+            t0 = time.perf_counter()
+            pixels = decoder_to_pixels(decoder(latent))
+            parameters = infotext(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                steps=request.steps,
+                sampler=SAMPLER_LABELS[request.sampler],
+                schedule=SCHEDULE_LABELS[request.schedule],
+                cfg_scale=request.cfg_scale,
+                seed=seed,
+                width=request.width,
+                height=request.height,
+                model=self.name,
+            )
+            images.append(
+                GeneratedImage(
+                    encode_png(pixels, parameters), seed, request.width, request.height, parameters
+                )
+            )
+            timings.decode += time.perf_counter() - t0
+
+        timings.total = time.perf_counter() - start
+        timings.ncnn = self._ncnn_seconds() - ncnn_before
+        self.timings = timings
+        return images
+
+    def _ncnn_seconds(self) -> float:
+        """Seconds spent inside ncnn by every loaded net so far."""
+        loaded = [self.text_encoder] + [entry[1] for entry in (self._unet, self._decoder) if entry]
+        return sum(net.ncnn_seconds for net in loaded)
