@@ -1,0 +1,467 @@
+"""The four SD1 ncnn nets behind numpy in / numpy out wrappers: the ONLY module that imports ncnn.
+
+Blob names and I/O contracts follow the EdVince Stable-Diffusion-NCNN x86 .param files (see the project's
+DESIGN notes): CLIP ``token``/``multiplier``/``cond`` -> ``conds``; UNet ``in0``..``c_out`` -> ``outout``
+(already the denoised latent); VAE decoder ``input.1`` -> ``815``; VAE encoder ``in0`` -> ``out0``/``out1``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ncnn
+import numpy as np
+
+from localai_sd.errors import AssetError, InvalidRequest
+from localai_sd.pipeline.assets import AssetSet
+
+#: CLIP context length (tokens per chunk, incl. start/end), and its hidden size (openai/clip-vit-large-patch14).
+CONTEXT_LENGTH = 77
+EMBED_DIM = 768
+#: SD1 latent channels and the VAE scale factor (CompVis configs/stable-diffusion/v1-inference.yaml).
+LATENT_CHANNELS = 4
+VAE_SCALING = 0.18215
+#: Pixels per latent cell.
+VAE_SCALE = 8
+#: ncnn ModelBin type flags (ncnn src/modelbin.cpp): 0 = raw fp32 follows; this one = fp16 follows.
+FLAG_FP32 = 0
+FLAG_FP16 = 0x01306B47
+FLAG_SIZE = 4
+#: Size of the pool of normal values synthetic weights are cut from (float32 count, 4 MiB).
+SYNTHETIC_POOL = 1 << 20
+
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def default_threads() -> int:
+    """Number of CPU cores available to this process."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class NetOptions:
+    """The ncnn Option fields we set (the reference sets fp16 packed/storage/arithmetic and packing on)."""
+
+    threads: int
+    winograd: bool = True
+    sgemm: bool = True
+    fp16: bool = True
+    bf16_storage: bool = False
+    light_mode: bool = True
+
+    def apply(self, opt: ncnn.Option) -> None:
+        """Copy these settings onto an ncnn Option."""
+        opt.use_vulkan_compute = False
+        opt.num_threads = self.threads
+        opt.lightmode = self.light_mode
+        opt.use_winograd_convolution = self.winograd
+        opt.use_sgemm_convolution = self.sgemm
+        opt.use_fp16_packed = self.fp16
+        opt.use_fp16_storage = self.fp16
+        opt.use_fp16_arithmetic = self.fp16
+        opt.use_bf16_storage = self.bf16_storage
+        opt.use_packing_layout = True
+
+
+def unet_options(mode: int, threads: int | None = None) -> NetOptions:
+    """LocalAI/EdVince UNet options: mode 0 = winograd and sgemm conv off, any other mode = on."""
+    if not isinstance(mode, int) or mode < 0:
+        raise InvalidRequest(f"mode {mode!r} is not supported: use 0 (plain conv) or 1 (winograd+sgemm)")
+    fast = mode != 0
+    return NetOptions(threads=threads or default_threads(), winograd=fast, sgemm=fast)
+
+
+def decoder_options(threads: int | None = None, *, reference: bool = False) -> NetOptions:
+    """VAE options: winograd+sgemm on (measured ~5x faster, same output), or the reference's (off, bf16)."""
+    if reference:
+        return NetOptions(
+            threads=threads or default_threads(), winograd=False, sgemm=False, bf16_storage=True
+        )
+    return NetOptions(threads=threads or default_threads())
+
+
+class SyntheticWeights(ncnn.DataReader):
+    """An ncnn DataReader producing small normal weights: every 4-byte flag read says 'raw fp32 follows'."""
+
+    def __init__(self, seed: int = 0, std: float = 0.02):
+        super().__init__()
+        self.seed, self.std = seed, std
+        rng = np.random.default_rng(seed)
+        self._pool = (rng.standard_normal(SYNTHETIC_POOL) * std).astype(np.float32)
+        self._offset = 0
+        self.bytes_read = 0
+
+    def fresh(self) -> SyntheticWeights:
+        """A new reader with the same seed and std, so each net's weights do not depend on load order."""
+        return SyntheticWeights(self.seed, self.std)
+
+    def read(self, buf: object, size: int) -> int:
+        """Fill ``size`` bytes at the capsule ``buf``: 0 for flag reads, else pool values (fp32)."""
+        address = _capsule_pointer(buf, None)
+        self.bytes_read += size
+        if size == FLAG_SIZE:
+            ctypes.memset(address, FLAG_FP32, FLAG_SIZE)
+            return size
+        pool_bytes = self._pool.nbytes
+        done = 0
+        while done < size:
+            start = self._offset % pool_bytes // 4 * 4
+            chunk = min(size - done, pool_bytes - start)
+            ctypes.memmove(address + done, self._pool.ctypes.data + start, chunk)
+            done += chunk
+            self._offset = start + chunk
+        self._offset += 4 * 7919  # a prime stride so consecutive tensors differ
+        return size
+
+
+@dataclass(frozen=True)
+class WeightRead:
+    """One ncnn ModelBin read: ``kind`` is 'flag', 'fp16' (data after a flag) or 'fp32' (raw)."""
+
+    kind: str
+    nbytes: int
+
+
+class _RecordingReader(ncnn.DataReader):
+    """A DataReader that records read sizes, answering flag reads with the fp16 flag (the real files' layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self._flag = np.array([FLAG_FP16], dtype=np.uint32)
+
+    def read(self, buf: object, size: int) -> int:
+        """Record ``size``; write the fp16 flag into 4-byte reads and leave data reads as they are."""
+        if size == FLAG_SIZE:
+            ctypes.memmove(_capsule_pointer(buf, None), self._flag.ctypes.data, FLAG_SIZE)
+        self.sizes.append(size)
+        return size
+
+
+def record_weight_reads(param_text: str, name: str = "param") -> list[WeightRead]:
+    """The sequence of reads ncnn makes loading fp16 weights for ``param_text`` (the .bin layout)."""
+    net = ncnn.Net()
+    NetOptions(threads=1, winograd=False, sgemm=False, fp16=False).apply(net.opt)
+    net.opt.use_packing_layout = False
+    try:
+        _check(net.load_param_mem(param_text), f"{name}: ncnn cannot parse this .param")
+        reader = _RecordingReader()
+        _check(net.load_model(reader), f"{name}: ncnn cannot load weights for this .param")
+    finally:
+        net.clear()
+    reads, after_flag = [], False
+    for size in reader.sizes:
+        if size == FLAG_SIZE and not after_flag:
+            reads.append(WeightRead("flag", size))
+            after_flag = True
+        else:
+            reads.append(WeightRead("fp16" if after_flag else "fp32", size))
+            after_flag = False
+    return reads
+
+
+def _check(ret: int, message: str) -> None:
+    """Raise AssetError(message) when an ncnn call returned non-zero."""
+    if ret != 0:
+        raise AssetError(f"{message} (ncnn returned {ret})")
+
+
+def load_net(
+    param_text: str,
+    param_name: str,
+    weights: Path | SyntheticWeights,
+    options: NetOptions,
+) -> ncnn.Net:
+    """Build an ncnn Net from .param text (in memory) and a .bin path or synthetic weights."""
+    net = ncnn.Net()
+    options.apply(net.opt)
+    _check(net.load_param_mem(param_text), f"asset file {param_name!r} is not a valid ncnn .param")
+    if isinstance(weights, SyntheticWeights):
+        _check(net.load_model(weights.fresh()), f"synthetic weights do not fit {param_name!r}")
+        return net
+    if not weights.is_file():
+        raise AssetError(f"asset file {weights.name!r} is missing from {str(weights.parent)!r}")
+    ret = net.load_model(str(weights))
+    if ret != 0:
+        net.clear()
+        raise AssetError(
+            f"asset file {weights.name!r} is truncated or corrupt (ncnn load_model returned {ret})"
+        )
+    return net
+
+
+def _as_float32(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy/view of ``array`` (what ncnn.Mat(ndarray) needs)."""
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _owned_mat(array: np.ndarray) -> ncnn.Mat:
+    """An ncnn Mat holding its own copy of a C-contiguous float32 array.
+
+    ncnn.Mat(ndarray) borrows the array's memory without a refcount; ncnn (light mode) dereferences the
+    refcount of an input blob consumed by an in-place layer, which segfaults on a borrowed Mat. ``array``
+    must stay alive during the clone, which the caller's reference guarantees.
+    """
+    return ncnn.Mat(array).clone()
+
+
+class NcnnModel:
+    """One loaded ncnn net: runs extractions, counts time inside ncnn, can be released with close()."""
+
+    #: Blob names this net must have (checked at load).
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    #: Which net of the AssetSet this is.
+    net_name = ""
+
+    def __init__(self, net: ncnn.Net, name: str, options: NetOptions):
+        self._net: ncnn.Net | None = net
+        self.name = name
+        self.options = options
+        self.ncnn_seconds = 0.0
+        self.runs = 0
+        self._check_blobs()
+
+    @classmethod
+    def _load(
+        cls,
+        assets: AssetSet,
+        width: int,
+        height: int,
+        options: NetOptions,
+        synthetic: SyntheticWeights | None,
+    ) -> ncnn.Net:
+        """Load this net of ``assets`` for a width x height image."""
+        text = assets.param_text(cls.net_name, width, height)
+        param_name = assets.base_param_path(cls.net_name).name
+        weights = synthetic if synthetic is not None else assets.weights_path(cls.net_name)
+        return load_net(text, param_name, weights, options)
+
+    def _check_blobs(self) -> None:
+        """AssetError naming the param if a blob of the I/O contract is absent."""
+        names = {blob.name for blob in self._require().blobs()}
+        missing = [b for b in (*self.inputs, *self.outputs) if b not in names]
+        if missing:
+            self.close()
+            raise AssetError(f"asset file {self.name!r} lacks blob(s) {', '.join(missing)} of the net's I/O")
+
+    def _require(self) -> ncnn.Net:
+        """The live ncnn Net; RuntimeError after close()."""
+        if self._net is None:
+            raise RuntimeError(f"net {self.name!r} was closed")
+        return self._net
+
+    def _run(self, feeds: dict[str, ncnn.Mat], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        """Feed Mats and extract ``outputs`` as numpy copies; caller keeps the backing arrays alive."""
+        start = time.perf_counter()
+        try:
+            extractor = self._require().create_extractor()
+            for blob, mat in feeds.items():
+                _check(extractor.input(blob, mat), f"{self.name}: cannot set input {blob!r}")
+            results = []
+            for blob in outputs:
+                ret, mat = extractor.extract(blob)
+                if ret != 0:
+                    raise AssetError(f"{self.name}: ncnn failed to compute {blob!r} (returned {ret})")
+                results.append(np.array(mat, dtype=np.float32, copy=True))
+            extractor.clear()
+        finally:
+            self.ncnn_seconds += time.perf_counter() - start
+            self.runs += 1
+        return results
+
+    def close(self) -> None:
+        """Release the net's weights and memory; the object is unusable afterwards."""
+        if self._net is not None:
+            self._net.clear()
+            self._net = None
+
+
+def _scalar(value: float) -> np.ndarray:
+    """A 1-element float32 array for ncnn scalar inputs (t, c_in, c_out)."""
+    return np.array([value], dtype=np.float32)
+
+
+def _check_shape(array: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    """InvalidRequest naming ``what`` unless ``array`` has exactly ``shape``."""
+    if tuple(array.shape) != shape:
+        raise InvalidRequest(f"{what} has shape {tuple(array.shape)}; this net expects {shape}")
+
+
+class TextEncoder(NcnnModel):
+    """FrozenCLIPEmbedder: 77 tokens + multipliers, appended after previous chunks -> (77k, 768) conds."""
+
+    inputs = ("token", "multiplier", "cond")
+    outputs = ("conds",)
+    net_name = "text_encoder"
+
+    @classmethod
+    def load(
+        cls, assets: AssetSet, *, threads: int | None = None, synthetic: SyntheticWeights | None = None
+    ) -> TextEncoder:
+        """Load the text encoder of ``assets`` (the CLIP graph does not depend on the image size)."""
+        options = NetOptions(threads=threads or default_threads())
+        net = cls._load(assets, 512, 512, options, synthetic)
+        return cls(net, assets.base_param_path(cls.net_name).name, options)
+
+    def __call__(
+        self, tokens: np.ndarray, multipliers: np.ndarray, cond: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Encode one 77-token chunk and return ``cond`` (previous chunks) with it appended."""
+        token_ids = np.ascontiguousarray(tokens, dtype=np.int32)
+        weights = _as_float32(multipliers)
+        _check_shape(token_ids, (CONTEXT_LENGTH,), "tokens")
+        _check_shape(weights, (CONTEXT_LENGTH,), "multipliers")
+        previous = None if cond is None else _as_float32(cond)
+        if previous is not None and (previous.ndim != 2 or previous.shape[1] != EMBED_DIM):
+            raise InvalidRequest(f"cond has shape {previous.shape}; expected (77*k, {EMBED_DIM})")
+        feeds = {
+            "token": _owned_mat(token_ids.view(np.float32)),  # Embed reads the raw int32 bits
+            "multiplier": _owned_mat(weights),
+            "cond": ncnn.Mat(EMBED_DIM, 0) if previous is None else _owned_mat(previous),
+        }
+        (conds,) = self._run(feeds, self.outputs)
+        return conds.reshape(-1, EMBED_DIM)
+
+    def encode(self, chunks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Encode (tokens, multipliers) chunks in order into one (77*len(chunks), 768) array."""
+        cond = None
+        for tokens, multipliers in chunks:
+            cond = self(tokens, multipliers, cond)
+        if cond is None:
+            raise InvalidRequest("no prompt chunks to encode: at least one 77-token chunk is required")
+        return cond
+
+
+class _Sized(NcnnModel):
+    """A net built for one image size."""
+
+    width = 0
+    height = 0
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(4, height/8, width/8)."""
+        return (LATENT_CHANNELS, self.height // VAE_SCALE, self.width // VAE_SCALE)
+
+    @classmethod
+    def _sized(
+        cls,
+        assets: AssetSet,
+        width: int,
+        height: int,
+        options: NetOptions,
+        synthetic: SyntheticWeights | None,
+    ):  # -> Self
+        """Load the net of ``assets`` for width x height and remember the size."""
+        net = cls._load(assets, width, height, options, synthetic)
+        model = cls(net, assets.base_param_path(cls.net_name).name, options)
+        model.width, model.height = width, height
+        return model
+
+
+class UNet(_Sized):
+    """UNetModel: (latent, t, cond, c_in, c_out) -> denoised latent ``x + c_out * eps``."""
+
+    inputs = ("in0", "in1", "in2", "c_in", "c_out")
+    outputs = ("outout",)
+    net_name = "unet"
+
+    @classmethod
+    def load(
+        cls,
+        assets: AssetSet,
+        width: int,
+        height: int,
+        *,
+        mode: int = 0,
+        threads: int | None = None,
+        synthetic: SyntheticWeights | None = None,
+    ) -> UNet:
+        """Load the UNet for a width x height image with the LocalAI ``mode`` options."""
+        return cls._sized(assets, width, height, unet_options(mode, threads), synthetic)
+
+    def __call__(
+        self, latent: np.ndarray, t: float, cond: np.ndarray, c_in: float, c_out: float
+    ) -> np.ndarray:
+        """One UNet evaluation; returns the denoised latent (4, h, w)."""
+        x = _as_float32(latent)
+        _check_shape(x, self.latent_shape, "latent")
+        context = _as_float32(cond)
+        if context.ndim != 2 or context.shape[1] != EMBED_DIM or context.shape[0] % CONTEXT_LENGTH:
+            raise InvalidRequest(f"cond has shape {context.shape}; expected (77*k, {EMBED_DIM})")
+        scalars = [_scalar(t), _scalar(c_in), _scalar(c_out)]
+        feeds = {
+            "in0": _owned_mat(x),
+            "in1": _owned_mat(scalars[0]),
+            "in2": _owned_mat(context),
+            "c_in": _owned_mat(scalars[1]),
+            "c_out": _owned_mat(scalars[2]),
+        }
+        (denoised,) = self._run(feeds, self.outputs)
+        return denoised.reshape(self.latent_shape)
+
+
+class VAEDecoder(_Sized):
+    """AutoencoderKL decoder: latent (4, h, w) -> raw image (3, H, W), about [-1, 1]."""
+
+    inputs = ("input.1",)
+    outputs = ("815",)
+    net_name = "vae_decoder"
+
+    @classmethod
+    def load(
+        cls,
+        assets: AssetSet,
+        width: int,
+        height: int,
+        *,
+        threads: int | None = None,
+        synthetic: SyntheticWeights | None = None,
+        reference_options: bool = False,
+    ) -> VAEDecoder:
+        """Load the decoder for a width x height image (winograd on unless reference_options)."""
+        return cls._sized(
+            assets, width, height, decoder_options(threads, reference=reference_options), synthetic
+        )
+
+    def __call__(self, latent: np.ndarray) -> np.ndarray:
+        """Decode a latent (scaled by 1/0.18215 here) to the raw (3, H, W) float output."""
+        x = _as_float32(np.asarray(latent, dtype=np.float32) / VAE_SCALING)
+        _check_shape(x, self.latent_shape, "latent")
+        (image,) = self._run({"input.1": _owned_mat(x)}, self.outputs)
+        return image.reshape(3, self.height, self.width)
+
+
+class VAEEncoder(_Sized):
+    """AutoencoderKL encoder: image (3, H, W) in [-1, 1] -> (mean, std) latents (4, h, w)."""
+
+    inputs = ("in0",)
+    outputs = ("out0", "out1")
+    net_name = "vae_encoder"
+
+    @classmethod
+    def load(
+        cls,
+        assets: AssetSet,
+        width: int,
+        height: int,
+        *,
+        threads: int | None = None,
+        synthetic: SyntheticWeights | None = None,
+    ) -> VAEEncoder:
+        """Load the img2img encoder for a width x height image."""
+        return cls._sized(assets, width, height, decoder_options(threads), synthetic)
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Encode a (3, H, W) image scaled to [-1, 1]; returns (mean, std) of the latent distribution."""
+        x = _as_float32(image)
+        _check_shape(x, (3, self.height, self.width), "image")
+        mean, std = self._run({"in0": _owned_mat(x)}, self.outputs)
+        return mean.reshape(self.latent_shape), std.reshape(self.latent_shape)
