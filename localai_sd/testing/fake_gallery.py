@@ -247,3 +247,67 @@ class FakeGallery:
         """How many ``method`` requests ``path`` received."""
         path = "/" + path.lstrip("/")
         return sum(1 for r in self.requests if r.path == path and r.method == method)
+
+
+#: GitHub owner/repo names of the fake gallery tree (served under ``/raw/`` through a mirror).
+GALLERY_REPO = "acme/gallery"
+ASSETS_REPO = "acme/assets"
+RAW_GITHUB = "https://raw.githubusercontent.com/"
+
+
+@dataclass(frozen=True)
+class TinyGallery:
+    """A fake gallery tree on disk: ``github:`` URLs of its index and model file, and the asset digests."""
+
+    root: Path
+    name: str
+    index_url: str
+    model_url: str
+    #: {filename relative to the models dir: sha256}
+    digests: dict[str, str]
+
+    def mirrors(self, server: FakeGallery) -> tuple[tuple[str, str], ...]:
+        """The LOCALAI_MIRRORS pairs sending raw.githubusercontent.com to ``server``'s ``/raw/``."""
+        return ((RAW_GITHUB, f"{server.url}/raw/"),)
+
+    def asset_path(self, filename: str) -> str:
+        """The URL path (on the fake server) of one asset file."""
+        return f"/raw/{ASSETS_REPO}/main/{filename}"
+
+    def model_path(self) -> str:
+        """The URL path (on the fake server) of the model-definition YAML."""
+        return f"/raw/{GALLERY_REPO}/main/{self.name}.yaml"
+
+
+def build_tiny_gallery(root: Path, name: str = "tiny-sd", backend: str = "stablediffusion") -> TinyGallery:
+    """Write a GitHub-shaped gallery tree under ``root/raw``: index.yaml, ``<name>.yaml`` and tiny model files."""
+    import yaml
+
+    from localai_sd.testing.tiny import build_tiny_assets
+
+    asset_dir = f"{name}_assets"
+    digests = build_tiny_assets(
+        root / "raw" / ASSETS_REPO / "main" / asset_dir, backend, prefix=f"{asset_dir}/"
+    )
+    definition = {
+        "name": name,
+        "license": "test",
+        "description": f"tiny {backend} model for tests",
+        "config_file": yaml.safe_dump({"backend": backend, "parameters": {"model": asset_dir}}),
+        "files": [
+            {"filename": f, "sha256": sha, "uri": f"{RAW_GITHUB}{ASSETS_REPO}/main/{f}"}
+            for f, sha in sorted(digests.items())
+        ],
+    }
+    gallery_dir = root / "raw" / GALLERY_REPO / "main"
+    gallery_dir.mkdir(parents=True, exist_ok=True)
+    (gallery_dir / f"{name}.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    index = [{"name": name, "url": f"github:{GALLERY_REPO}/{name}.yaml", "license": "test"}]
+    (gallery_dir / "index.yaml").write_text(yaml.safe_dump(index, sort_keys=False))
+    return TinyGallery(
+        root=root,
+        name=name,
+        index_url=f"github:{GALLERY_REPO}/index.yaml",
+        model_url=f"github:{GALLERY_REPO}/{name}.yaml",
+        digests=digests,
+    )
