@@ -1,0 +1,85 @@
+"""StableDiffusion on tiny nets: nets reused, prompt encoded once, progress, cancellation, seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from localai_sd.errors import Cancelled
+from localai_sd.models import load_config
+from localai_sd.pipeline.output import read_png_parameters
+from localai_sd.pipeline.pipeline import StableDiffusion, StepEvent
+from localai_sd.pipeline.request import GenerationRequest
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_models: Path) -> StableDiffusion:
+    return StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1)
+
+
+def request(**kwargs: object) -> GenerationRequest:
+    values = {"size": "64x64", "steps": 2, "seed": 1} | kwargs
+    return GenerationRequest.create("a photo of a cat|blurry", **values)  # type: ignore[arg-type]
+
+
+def test_n_images_encode_once_and_reuse_nets(sd: StableDiffusion) -> None:
+    sd.generate(request())
+    unet = sd.unet(64, 64, 0)
+    encoder_runs, unet_runs = sd.text_encoder.runs, unet.runs
+    images = sd.generate(request(n=4, steps=3))
+    assert sd.unet(64, 64, 0) is unet, "the UNet must stay loaded between requests"
+    assert sd.text_encoder.runs - encoder_runs == 2, "one encode for the prompt, one for the negative"
+    assert unet.runs - unet_runs == 4 * 3 * 2, "cond and uncond per step per image"
+    assert [image.seed for image in images] == [1, 2, 3, 4]
+    assert len({image.png for image in images}) == 4
+
+
+def test_cfg_scale_one_skips_uncond(sd: StableDiffusion) -> None:
+    unet = sd.unet(64, 64, 0)
+    before = unet.runs
+    sd.generate(request(cfg_scale=1.0, steps=3))
+    assert unet.runs - before == 3
+
+
+def test_cfg_scale_changes_the_image(sd: StableDiffusion) -> None:
+    low, high = sd.generate(request(cfg_scale=1.0))[0], sd.generate(request(cfg_scale=9.0))[0]
+    assert low.png != high.png
+
+
+def test_size_or_mode_change_replaces_the_unet(sd: StableDiffusion) -> None:
+    first = sd.unet(64, 64, 0)
+    second = sd.unet(128, 64, 0)
+    assert second is not first and sd.unet(128, 64, 0) is second
+    assert sd.unet(128, 64, 1) is not second
+
+
+def test_progress_events(sd: StableDiffusion) -> None:
+    events: list[StepEvent] = []
+    sd.generate(request(n=2, steps=3), on_step=events.append)
+    assert [(e.index, e.step, e.steps) for e in events] == [(i, s, 3) for i in range(2) for s in (1, 2, 3)]
+    assert [e.seed for e in events] == [1, 1, 1, 2, 2, 2]
+
+
+def test_cancel_stops_at_the_next_step(sd: StableDiffusion) -> None:
+    events: list[StepEvent] = []
+    with pytest.raises(Cancelled, match="step 2 of 5"):
+        sd.generate(request(steps=5), on_step=events.append, should_cancel=lambda: len(events) >= 2)
+    assert len(events) == 2
+
+
+def test_long_prompt_runs_in_chunks(sd: StableDiffusion) -> None:
+    long_prompt = ", ".join(["a photo of a cat"] * 40)
+    cond = sd.encode_prompt(long_prompt)
+    assert cond.shape[1] == 768 and cond.shape[0] % 77 == 0 and cond.shape[0] >= 154
+    image = sd.generate(GenerationRequest.create(long_prompt, size="64x64", steps=1, seed=3))[0]
+    assert read_png_parameters(image.png).startswith(long_prompt)
+
+
+def test_every_sampler_and_schedule_with_one_step(sd: StableDiffusion) -> None:
+    from localai_sd.pipeline.samplers import SAMPLERS, SCHEDULES
+
+    for sampler in SAMPLERS:
+        for schedule in SCHEDULES:
+            (image,) = sd.generate(request(steps=1, sampler=sampler, schedule=schedule))
+            assert image.width == 64 and image.png.startswith(b"\x89PNG")
