@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -53,19 +52,6 @@ def live_server(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(WAIT_SECONDS)
         sock.close()
-
-
-def write_tiny_model(models: Path, name: str = "stablediffusion") -> Path:
-    """Build the tiny real ncnn model set under ``models`` and its ``<name>.yaml``; return the config path."""
-    from localai_sd.testing.tiny import build_tiny_assets
-
-    asset_dir = models / f"{name}_assets"
-    build_tiny_assets(asset_dir)
-    config = models / f"{name}.yaml"
-    config.write_text(
-        f"name: {name}\nbackend: stablediffusion\nparameters:\n  model: {asset_dir.name}\n", encoding="utf-8"
-    )
-    return config
 
 
 def png_size(data: bytes) -> tuple[int, int]:

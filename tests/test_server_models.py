@@ -1,0 +1,125 @@
+"""Model management over HTTP against a loopback fake gallery, then generation with the new model."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from server_helpers import live_server, png_size, wait_until
+
+from localai_sd.server.app import create_app
+from localai_sd.settings import Gallery, Settings
+from localai_sd.testing.fake_gallery import FakeGallery
+from localai_sd.testing.tiny import build_tiny_assets
+
+
+def definition(gallery_url: str, assets: Path, asset_dir: str) -> str:
+    """A LocalAI model-definition YAML listing every tiny asset with its sha256 and URL."""
+    lines = [
+        "name: sd-tiny",
+        "description: a tiny test model",
+        "config_file: |",
+        "  backend: stablediffusion",
+        "  parameters:",
+        f"    model: {asset_dir}",
+        "files:",
+    ]
+    for path in sorted(p for p in assets.iterdir() if p.is_file()):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines += [
+            f"  - filename: {asset_dir}/{path.name}",
+            f"    sha256: {digest.upper()}",
+            f"    uri: {gallery_url}/assets/{path.name}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[FakeGallery]:
+    """A fake gallery serving the tiny model's files, its definition and an index."""
+    root = tmp_path / "gallery"
+    build_tiny_assets(root / "assets")
+    with FakeGallery(root) as fake:
+        fake.add("/sd-tiny.yaml", definition(fake.url, root / "assets", "sd-tiny_assets").encode())
+        fake.add("/index.yaml", f"- name: sd-tiny\n  url: {fake.url}/sd-tiny.yaml\n  tags: [tiny]\n".encode())
+        yield fake
+
+
+@pytest.fixture
+def server(gallery: FakeGallery, tmp_path: Path) -> Iterator[str]:
+    """A live server with an empty models dir and the fake gallery configured."""
+    settings = Settings(
+        models_path=tmp_path / "models",
+        galleries=(Gallery("test", f"{gallery.url}/index.yaml"),),
+        download_retries=1,
+    )
+    with live_server(create_app(settings)) as url:
+        yield url
+
+
+def finished_job(status_url: str) -> dict[str, object]:
+    """Poll a job status URL until ``processed``; return the final status."""
+    wait_until(lambda: httpx.get(status_url).json()["processed"], f"job {status_url}")
+    return httpx.get(status_url).json()
+
+
+def test_apply_poll_then_generate_with_the_new_model(server: str) -> None:
+    assert httpx.get(f"{server}/v1/models").json()["data"] == []
+    by_id = httpx.post(f"{server}/models/apply", json={"id": "test@sd-tiny", "url": None, "overrides": None})
+    assert by_id.status_code == 200, by_id.text
+    applied = by_id.json()
+    assert applied["status"] == f"{server}/models/jobs/{applied['uuid']}"
+    status = finished_job(applied["status"])
+    assert status["error"] is None and status["message"] == "completed" and status["progress"] == 100
+    assert status["file_size_bytes"] > 0 and status["file_size"].endswith("B")
+    assert {m["id"] for m in httpx.get(f"{server}/models").json()["data"]} == {"sd-tiny"}
+    body = {"model": "sd-tiny", "prompt": "a cat", "size": "64x64", "step": 2, "response_format": "b64_json"}
+    generated = httpx.post(f"{server}/v1/images/generations", json=body, timeout=120)
+    assert generated.status_code == 200, generated.text
+    assert png_size(base64.b64decode(generated.json()["data"][0]["b64_json"])) == (64, 64)
+    available = httpx.get(f"{server}/models/available").json()
+    assert [(e["name"], e["installed"]) for e in available] == [("sd-tiny", True)]
+    assert applied["uuid"] in httpx.get(f"{server}/models/jobs").json()
+
+
+def test_install_under_a_new_name_then_delete(server: str, gallery: FakeGallery) -> None:
+    applied = httpx.post(
+        f"{server}/models/apply", json={"url": f"{gallery.url}/sd-tiny.yaml", "name": "painter"}
+    )
+    assert finished_job(applied.json()["status"])["error"] is None
+    body = {"model": "painter", "prompt": "a dog", "size": "64x64", "step": 1, "response_format": "b64_json"}
+    assert httpx.post(f"{server}/v1/images/generations", json=body, timeout=120).status_code == 200
+    deleted = httpx.post(f"{server}/models/delete/painter")
+    assert deleted.status_code == 200, deleted.text
+    assert httpx.get(f"{server}/v1/models").json()["data"] == []
+    gone = httpx.post(f"{server}/v1/images/generations", json=body)
+    assert gone.status_code == 404 and gone.json()["error"]["param"] == "model"
+    assert httpx.post(f"{server}/models/delete/painter").status_code == 404
+
+
+def test_a_bad_url_gives_an_error_text_in_the_job(server: str, gallery: FakeGallery) -> None:
+    applied = httpx.post(f"{server}/models/apply", json={"url": f"{gallery.url}/no-such-model.yaml"})
+    assert applied.status_code == 200
+    status = finished_job(applied.json()["status"])
+    assert isinstance(status["error"], str) and "404" in status["error"]
+    assert status["message"] == f"error: {status['error']}" and status["processed"] is True
+
+
+def test_apply_validates_before_queueing(server: str) -> None:
+    for body, param in (
+        ({}, "url"),
+        ({"url": "ftp://example.com/model.yaml"}, None),
+        ({"url": "github:x/y/z.yaml", "name": "../escape"}, "model"),
+        ({"url": "github:x/y/z.yaml", "overrides": [1]}, "overrides"),
+    ):
+        response = httpx.post(f"{server}/models/apply", json=body)
+        assert response.status_code == 400, (body, response.text)
+        error = response.json()["error"]
+        assert error["message"] and (param is None or error["param"] == param), error
+    assert httpx.get(f"{server}/models/jobs").json() == {}
+    missing = httpx.get(f"{server}/models/jobs/not-a-job")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "uuid"
