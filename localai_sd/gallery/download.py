@@ -40,6 +40,8 @@ RETRY_STATUSES = frozenset({408, 429})
 MAX_DOCUMENT_BYTES = 16 << 20
 #: Progress phases: bytes flowing, file already present, file verified and in place, file failed.
 PHASE_DOWNLOADING, PHASE_SKIPPED, PHASE_DONE, PHASE_FAILED = "downloading", "skipped", "done", "failed"
+#: ``<urllib3.connection.HTTPConnection object at 0x...>: `` prefixes in urllib3 messages.
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*")
 #: ``Content-Range: bytes START-END/TOTAL`` (RFC 9110 §14.4); TOTAL may be ``*``.
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -96,6 +98,17 @@ class DownloadProgress:
 
 class TransientError(Exception):
     """A failure worth retrying (connection error, timeout, 5xx, cut transfer)."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short reason for a requests/urllib3 error: the innermost cause, without object reprs."""
+    reason: object = exc
+    for _ in range(5):
+        inner = getattr(reason, "reason", None) or (reason.args[0] if getattr(reason, "args", None) else None)
+        if not isinstance(inner, BaseException):
+            break
+        reason = inner
+    return _OBJECT_REPR.sub("", str(reason)).strip() or type(reason).__name__
 
 
 def partial_path(dest: Path) -> Path:
@@ -261,7 +274,7 @@ def open_response(
             f"timed out connecting to {url} (connect timeout {policy.connect_timeout}s)"
         ) from None
     except requests.RequestException as exc:
-        raise TransientError(f"cannot connect to {url}: {exc}") from None
+        raise TransientError(f"cannot connect to {url}: {describe_exception(exc)}") from None
     status = response.status_code
     if status >= 400 and not (offset and status == 416):
         response.close()
@@ -316,7 +329,9 @@ def transfer_http(
                 out.truncate(offset)
                 write_chunks(response.iter_content(CHUNK_SIZE), out, hasher, meter, cancel, name)
         except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException) as exc:
-            raise TransientError(f"transfer from {url} broke after {meter.done} bytes: {exc}") from None
+            raise TransientError(
+                f"transfer from {url} broke after {meter.done} bytes: {describe_exception(exc)}"
+            ) from None
         except TimeoutError:
             raise TransientError(f"read from {url} timed out (read timeout {policy.read_timeout}s)") from None
         except ConnectionError as exc:

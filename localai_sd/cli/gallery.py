@@ -1,0 +1,206 @@
+"""``local-ai install`` and ``local-ai models list|available|delete``, plus preload and auto-install helpers.
+
+Options read LocalAI's env vars (``MODELS_PATH``, ``GALLERIES``, ``LOCALAI_MIRRORS``) through
+``Settings.from_env``. Downloads draw one rich progress bar per file with size, rate and ETA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from localai_sd.cli.app import handle_errors, stderr_console
+from localai_sd.errors import GalleryError
+from localai_sd.gallery.download import PHASE_DONE, PHASE_FAILED, PHASE_SKIPPED, DownloadProgress
+from localai_sd.gallery.install import (
+    InstallRequest,
+    available_models,
+    delete_model,
+    install_model,
+    is_installed,
+    models_root,
+    validate_request,
+)
+from localai_sd.gallery.preload import preload, preload_items
+from localai_sd.gallery.urls import looks_like_url
+from localai_sd.models import list_models
+from localai_sd.settings import Settings, parse_galleries
+
+ModelsPathOption = Annotated[
+    Path | None,
+    typer.Option("--models-path", envvar="MODELS_PATH", help="Where models live (default ./models)."),
+]
+GalleriesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--galleries", envvar="GALLERIES", help='Gallery list as JSON: [{"name": ..., "url": ...}].'
+    ),
+]
+
+
+#: Bar suffixes per progress phase.
+PHASE_LABELS = {
+    PHASE_SKIPPED: " [dim]cached[/]",
+    PHASE_FAILED: " [red]failed[/]",
+    PHASE_DONE: " [green]ok[/]",
+}
+
+
+class ProgressBars:
+    """Rich progress bars, one per (model, file), fed by DownloadProgress events."""
+
+    def __init__(self, console: Console):
+        """Prepare (not start) the bars on ``console``."""
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[tuple[str, str], TaskID] = {}
+
+    def __enter__(self) -> ProgressBars:
+        """Start drawing."""
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop drawing, leaving the final bars on screen."""
+        self.progress.stop()
+
+    def update(self, event: DownloadProgress) -> None:
+        """Create or advance the bar of the event's file."""
+        key = (event.model, event.filename)
+        label = f"[{event.index}/{event.count}] {Path(event.filename).name}"
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(label, total=event.total)
+        task = self.tasks[key]
+        label += PHASE_LABELS.get(event.phase, "")
+        self.progress.update(task, description=label, completed=event.done, total=event.total)
+
+
+def build_settings(models_path: Path | None, galleries: str | None) -> Settings:
+    """Settings from the environment, with the command-line options on top."""
+    return Settings.from_env(
+        models_path=models_path, galleries=parse_galleries(galleries) if galleries else None
+    )
+
+
+def request_for(url_or_id: str, name: str | None) -> InstallRequest:
+    """An install request: a URL/path goes to ``url``, anything else (``gallery@name``, ``name``) to ``id``."""
+    key = "url" if looks_like_url(url_or_id) else "id"
+    return InstallRequest.from_dict({key: url_or_id, "name": name})
+
+
+def install_with_bars(request: InstallRequest, settings: Settings, console: Console) -> str:
+    """Install one request with progress bars; return the installed model name."""
+    with ProgressBars(console) as bars:
+        result = install_model(request, settings, progress=bars.update)
+    fetched = len(result.downloaded)
+    console.print(
+        f"installed [bold]{result.name}[/] ({fetched} file(s) downloaded, "
+        f"{len(result.files) - fetched} already present) -> {result.config_path}"
+    )
+    return result.name
+
+
+def install(
+    url_or_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="URL_OR_ID",
+            help="github:owner/repo/file.yaml[@branch], huggingface://, http(s)://, file://, a local path, "
+            "or a gallery id (gallery@name or name).",
+        ),
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="Install under this model name.")] = None,
+    models_path: ModelsPathOption = None,
+    galleries: GalleriesOption = None,
+) -> None:
+    """Install a model from a gallery URL or id; re-running only fetches what is missing or corrupt."""
+    settings = build_settings(models_path, galleries)
+    request = request_for(url_or_id, name)
+    validate_request(request, settings)
+    installed = install_with_bars(request, settings, stderr_console())
+    typer.echo(installed)
+
+
+def models_list(models_path: ModelsPathOption = None) -> None:
+    """List installed models (one name per line)."""
+    settings = build_settings(models_path, None)
+    for name in list_models(models_root(settings)):
+        typer.echo(name)
+
+
+def models_available(models_path: ModelsPathOption = None, galleries: GalleriesOption = None) -> None:
+    """List every gallery entry and whether it is installed."""
+    settings = build_settings(models_path, galleries)
+    table = Table("id", "installed", "license", "description")
+    for entry in available_models(settings):
+        table.add_row(entry.id, "yes" if entry.installed else "no", entry.license, entry.description.strip())
+    Console(width=200).print(table)
+
+
+def models_delete(
+    name: Annotated[str, typer.Argument(help="Installed model name.")], models_path: ModelsPathOption = None
+) -> None:
+    """Delete an installed model: its config and the files its install wrote (unless another model uses them)."""
+    settings = build_settings(models_path, None)
+    removed = delete_model(settings, name)
+    typer.echo(f"deleted {name} ({len(removed)} file(s) removed)")
+
+
+def run_preload(settings: Settings, console: Console) -> None:
+    """Install the ``--preload-models``/``--preload-models-config`` entries with progress; raise listing every failure."""
+    if not preload_items(settings):
+        return
+    with ProgressBars(console) as bars:
+        results = preload(settings, progress=bars.update)
+    for result in results:
+        console.print(f"preloaded [bold]{result.name}[/]")
+
+
+def ensure_model(settings: Settings, name: str, console: Console) -> None:
+    """Install model ``name`` from the configured galleries if it is missing (like ``ollama run``)."""
+    if is_installed(models_root(settings), name):
+        return
+    console.print(f"model [bold]{name}[/] is not installed; installing it from the gallery…")
+    try:
+        install_with_bars(InstallRequest(id=name), settings, console)
+    except GalleryError as err:
+        galleries = ", ".join(f"{g.name} ({g.url})" for g in settings.galleries) or "none configured"
+        raise GalleryError(
+            f"model {name!r} is not installed in {models_root(settings)} and installing it from the gallery "
+            f"({galleries}) failed: {err}. Install it with: local-ai install {name} "
+            f"--models-path {settings.models_path} (offline: set LOCALAI_MIRRORS or install from a file:// URL)"
+        ) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``install`` and the ``models`` sub-commands."""
+    app.command("install")(handle_errors(install))
+    models = typer.Typer(help="Installed and available models.", no_args_is_help=True)
+    models.command("list")(handle_errors(models_list))
+    models.command("available")(handle_errors(models_available))
+    models.command("delete")(handle_errors(models_delete))
+    app.add_typer(models, name="models")
