@@ -123,3 +123,30 @@ def test_apply_validates_before_queueing(server: str) -> None:
     assert httpx.get(f"{server}/models/jobs").json() == {}
     missing = httpx.get(f"{server}/models/jobs/not-a-job")
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "uuid"
+
+
+def test_preload_models_installs_before_serving(gallery: FakeGallery, tmp_path: Path) -> None:
+    preload = f'[{{"url": "{gallery.url}/sd-tiny.yaml", "name": "preloaded"}}]'
+    settings = Settings(models_path=tmp_path / "models", preload_models=preload, download_retries=1)
+    with live_server(create_app(settings)) as url:
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["preloaded"]
+        body = {
+            "model": "preloaded",
+            "prompt": "x",
+            "size": "64x64",
+            "step": 1,
+            "response_format": "b64_json",
+        }
+        assert httpx.post(f"{url}/v1/images/generations", json=body, timeout=120).status_code == 200
+
+
+def test_a_failing_preload_is_reported_and_the_server_still_starts(
+    gallery: FakeGallery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    preload = f'[{{"url": "{gallery.url}/missing.yaml"}}]'
+    settings = Settings(models_path=tmp_path / "models", preload_models=preload, download_retries=1)
+    with live_server(create_app(settings)) as url:
+        assert httpx.get(f"{url}/readyz").status_code == 200
+    assert any(
+        "preloading models failed" in r.message and "missing.yaml" in r.message for r in caplog.records
+    )
