@@ -1,0 +1,318 @@
+"""Benchmark: time a warm request of ours against the LocalAI-equivalent cold request, one fresh process each.
+
+Each trial runs in a new spawned process so that its peak RSS (``ru_maxrss``) belongs to that configuration
+alone. Contenders alternate (ours, localai, ours, localai, ...) because small machines throttle in bursts;
+the summary reports min and median of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: The two contenders: our warm pipeline, and LocalAI's per-request load of every net.
+OURS = "ours"
+LOCALAI = "localai"
+CONTENDERS = (OURS, LOCALAI)
+#: Fixed prompt and seed so every trial does the same work.
+PROMPT = "a photograph of an astronaut riding a horse, highly detailed | lowres, blurry"
+SEED = 42
+#: The reference's sampler and guidance scale (EdVince diffusion_slover.cpp; LocalAI stablediffusion backend).
+REFERENCE_SAMPLER = "euler_a"
+REFERENCE_CFG_SCALE = 7.5
+#: The img2img encoder the reference loads with every request exists only for 512x512 (EdVince assets).
+ENCODER_SIZE = 512
+#: Linux reports ru_maxrss in KiB.
+KIB = 1024
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to load: an asset dir (real .bin files, or synthetic weights of the real layout)."""
+
+    asset_dir: str
+    backend: str = "stablediffusion"
+    synthetic: bool = False
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One timed request: which contender, image size, UNet mode and step count."""
+
+    contender: str
+    size: int
+    mode: int
+    steps: int
+
+
+@dataclass
+class TrialResult:
+    """Seconds per phase of one request, the share of it outside ncnn, and the process's peak RSS."""
+
+    spec: TrialSpec
+    load_s: float
+    encode_s: float
+    step_s: float
+    decode_s: float
+    request_s: float
+    ncnn_s: float
+    peak_rss_gb: float
+
+    @property
+    def outside_ncnn(self) -> float:
+        """Share of the request (load excluded) spent outside ncnn calls."""
+        busy = self.request_s - (self.load_s if self.spec.contender == LOCALAI else 0.0)
+        return max(0.0, 1.0 - self.ncnn_s / busy) if busy > 0 else 0.0
+
+
+def _synthetic(target: Target):  # -> nets.SyntheticWeights | None
+    """Synthetic weights for a target that asks for them."""
+    from localai_sd.pipeline import nets
+
+    return nets.SyntheticWeights() if target.synthetic else None
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident set size of this process so far, in GB (ru_maxrss)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / GB
+
+
+def run_ours(target: Target, spec: TrialSpec) -> TrialResult:
+    """Our path: load the pipeline first (untimed for the request), then time one warm request."""
+    from localai_sd.pipeline.pipeline import StableDiffusion
+    from localai_sd.pipeline.request import GenerationRequest
+
+    start = time.perf_counter()
+    sd = StableDiffusion.from_dir(
+        Path(target.asset_dir), backend=target.backend, threads=target.threads, synthetic=_synthetic(target)
+    )
+    sd.unet(spec.size, spec.size, spec.mode)
+    sd.decoder(spec.size, spec.size)
+    load_s = time.perf_counter() - start
+    request = GenerationRequest.create(
+        PROMPT, size=f"{spec.size}x{spec.size}", steps=spec.steps, mode=spec.mode, seed=SEED
+    )
+    start = time.perf_counter()
+    sd.generate(request)
+    request_s = time.perf_counter() - start
+    t = sd.timings
+    sd.close()
+    return TrialResult(
+        spec, load_s, t.encode, t.sample / spec.steps, t.decode, request_s, t.ncnn, _peak_rss_gb()
+    )
+
+
+def run_localai(target: Target, spec: TrialSpec) -> TrialResult:
+    """LocalAI-equivalent: load every net (img2img encoder too, reference decoder options), euler_a, release."""
+    import numpy as np
+
+    from localai_sd.pipeline import nets
+    from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+    from localai_sd.pipeline.output import decoder_to_pixels, encode_png
+    from localai_sd.pipeline.prompt import build_chunks
+    from localai_sd.pipeline.request import split_negative
+    from localai_sd.pipeline.samplers import SAMPLERS, get_sigmas_default
+    from localai_sd.pipeline.tokenizer import ClipTokenizer
+
+    weights = _synthetic(target)
+    start = time.perf_counter()
+    assets = AssetSet.from_dir(target.asset_dir, target.backend)
+    tokenizer = ClipTokenizer(assets.vocab_path)
+    sigmas_path = assets.log_sigmas_path
+    schedule = CompVisDenoiser(load_log_sigmas(sigmas_path) if sigmas_path else sd1_log_sigmas())
+    common = {"threads": target.threads, "synthetic": weights}
+    loaded: list[nets.NcnnModel] = [nets.TextEncoder.load(assets, **common)]
+    unet = nets.UNet.load(assets, spec.size, spec.size, mode=spec.mode, **common)
+    decoder = nets.VAEDecoder.load(assets, spec.size, spec.size, reference_options=True, **common)
+    loaded += [unet, decoder]
+    if assets.has_encoder:
+        loaded.append(nets.VAEEncoder.load(assets, ENCODER_SIZE, ENCODER_SIZE, **common))
+    load_s = time.perf_counter() - start
+
+    t0 = time.perf_counter()
+    positive, negative = split_negative(PROMPT)
+    text_encoder = loaded[0]
+    assert isinstance(text_encoder, nets.TextEncoder)
+    conds = [
+        text_encoder.encode(
+            [(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in build_chunks(t, tokenizer)]
+        )
+        for t in (positive, negative)
+    ]
+    encode_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sigmas = get_sigmas_default(spec.steps, schedule)
+    model = cfg_denoiser(unet, schedule, conds[0], conds[1], REFERENCE_CFG_SCALE)
+    rng = np.random.Generator(np.random.PCG64(SEED))
+    shape = (nets.LATENT_CHANNELS, spec.size // nets.VAE_SCALE, spec.size // nets.VAE_SCALE)
+    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(sigmas[0])
+    latent = SAMPLERS[REFERENCE_SAMPLER](model, x, sigmas, rng=rng, callback=None)
+    sample_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    encode_png(decoder_to_pixels(decoder(latent)), "")
+    decode_s = time.perf_counter() - t0
+    ncnn_s = sum(net.ncnn_seconds for net in loaded)
+    for net in loaded:
+        net.close()
+    request_s = time.perf_counter() - start
+    return TrialResult(
+        spec, load_s, encode_s, sample_s / spec.steps, decode_s, request_s, ncnn_s, _peak_rss_gb()
+    )
+
+
+RUNNERS: dict[str, Callable[[Target, TrialSpec], TrialResult]] = {OURS: run_ours, LOCALAI: run_localai}
+
+
+def run_trial(target: Target, spec: TrialSpec) -> TrialResult:
+    """Run one trial in-process (used inside the fresh worker process)."""
+    if spec.contender not in RUNNERS:
+        raise ValueError(f"contender {spec.contender!r} is unknown: use one of {', '.join(CONTENDERS)}")
+    return RUNNERS[spec.contender](target, spec)
+
+
+def run_isolated(target: Target, spec: TrialSpec) -> TrialResult:
+    """Run one trial in a freshly spawned process, so its peak RSS is its own."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(run_trial, target, spec).result()
+
+
+def interleaved_specs(
+    sizes: list[int], modes: list[int], steps: int, repeats: int, contenders: tuple[str, ...] = CONTENDERS
+) -> Iterator[TrialSpec]:
+    """Trials per (size, mode) in the order A, B, A, B, ... ``repeats`` times."""
+    for size in sizes:
+        for mode in modes:
+            for _ in range(repeats):
+                for contender in contenders:
+                    yield TrialSpec(contender, size, mode, steps)
+
+
+@dataclass
+class Summary:
+    """Min and median of each metric for one contender at one size and mode."""
+
+    contender: str
+    size: int
+    mode: int
+    runs: int
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+METRICS = ("load_s", "encode_s", "step_s", "decode_s", "request_s", "outside_ncnn", "peak_rss_gb")
+
+
+def summarize(results: list[TrialResult]) -> list[Summary]:
+    """Group trials by (contender, size, mode) and take min and median of every metric."""
+    groups: dict[tuple[str, int, int], list[TrialResult]] = {}
+    for r in results:
+        groups.setdefault((r.spec.contender, r.spec.size, r.spec.mode), []).append(r)
+    summaries = []
+    for (contender, size, mode), group in groups.items():
+        summary = Summary(contender, size, mode, len(group))
+        for name in METRICS:
+            values = [float(getattr(r, name)) for r in group]
+            summary.metrics[name] = (min(values), statistics.median(values))
+        summaries.append(summary)
+    return summaries
+
+
+def ratio(summaries: list[Summary], size: int, mode: int) -> tuple[float, float] | None:
+    """Ours / LocalAI request time at (size, mode), by min and by median; None without both contenders."""
+    found = {s.contender: s for s in summaries if s.size == size and s.mode == mode}
+    if OURS not in found or LOCALAI not in found:
+        return None
+    ours, ref = found[OURS].metrics["request_s"], found[LOCALAI].metrics["request_s"]
+    return ours[0] / ref[0], ours[1] / ref[1]
+
+
+def markdown_table(summaries: list[Summary]) -> str:
+    """A Markdown table: one row per contender, size and mode, with the ours/LocalAI ratio."""
+    head = (
+        "| size | mode | path | runs | load s | encode s | s/step (pair) | decode s | request s (min / med) "
+        "| ours÷LocalAI (min / med) | outside ncnn | peak RSS GB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for s in sorted(summaries, key=lambda s: (s.size, s.mode, s.contender != OURS)):
+        m = s.metrics
+        r = ratio(summaries, s.size, s.mode) if s.contender == OURS else None
+        rows.append(
+            f"| {s.size} | {s.mode} | {s.contender} | {s.runs} | {m['load_s'][0]:.1f} | {m['encode_s'][0]:.2f} "
+            f"| {m['step_s'][0]:.2f} | {m['decode_s'][0]:.2f} | {m['request_s'][0]:.1f} / {m['request_s'][1]:.1f} "
+            f"| {f'{r[0]:.2f} / {r[1]:.2f}' if r else ''} | {m['outside_ncnn'][1]:.1%} "
+            f"| {m['peak_rss_gb'][0]:.2f} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def machine_info() -> dict[str, object]:
+    """CPU count, platform and ncnn version, recorded with every results file."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ncnn_version = version("ncnn")
+    except PackageNotFoundError:
+        ncnn_version = "unknown"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpus": cpus,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "ncnn": ncnn_version,
+    }
+
+
+def run_benchmark(
+    target: Target,
+    *,
+    sizes: list[int],
+    modes: list[int],
+    steps: int,
+    repeats: int,
+    contenders: tuple[str, ...] = CONTENDERS,
+    on_result: Callable[[TrialResult], None] | None = None,
+) -> list[TrialResult]:
+    """Run every trial, interleaved, each in a fresh process; report each result as it lands."""
+    results = []
+    for spec in interleaved_specs(sizes, modes, steps, repeats, contenders):
+        result = run_isolated(target, spec)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def results_document(target: Target, results: list[TrialResult], summaries: list[Summary]) -> dict:
+    """The JSON results: machine, target, every trial and the summary."""
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "target": asdict(target),
+        "trials": [{**asdict(r), "outside_ncnn": r.outside_ncnn} for r in results],
+        "summary": [asdict(s) for s in summaries],
+    }
+
+
+def write_results(out_dir: Path, stem: str, document: dict, table: str) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    md_path.write_text(table)
+    return json_path, md_path

@@ -1,0 +1,126 @@
+"""The benchmark runs end to end on tiny nets (fresh processes, interleaving, summary, files, CLI); no timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from localai_sd import benchmark
+from localai_sd.cli.benchmark import register
+
+
+def test_interleaved_specs_alternate_contenders() -> None:
+    specs = list(benchmark.interleaved_specs([256], [0, 1], steps=3, repeats=2))
+    assert [(s.contender, s.mode) for s in specs] == [
+        ("ours", 0), ("localai", 0), ("ours", 0), ("localai", 0),
+        ("ours", 1), ("localai", 1), ("ours", 1), ("localai", 1),
+    ]  # fmt: skip
+    assert all(s.steps == 3 and s.size == 256 for s in specs)
+
+
+def _result(contender: str, request_s: float, rss: float = 1.0) -> benchmark.TrialResult:
+    spec = benchmark.TrialSpec(contender, 256, 1, 15)
+    return benchmark.TrialResult(spec, 1.0, 0.1, 0.5, 0.2, request_s, request_s * 0.9, rss)
+
+
+def test_summary_takes_min_and_median_and_ratio() -> None:
+    results = [
+        _result("ours", 10.0),
+        _result("localai", 40.0),
+        _result("ours", 14.0),
+        _result("localai", 20.0),
+    ]
+    results.append(_result("ours", 11.0))
+    summaries = benchmark.summarize(results)
+    ours = next(s for s in summaries if s.contender == "ours")
+    assert ours.runs == 3
+    assert ours.metrics["request_s"] == (10.0, 11.0)
+    assert benchmark.ratio(summaries, 256, 1) == pytest.approx((10.0 / 20.0, 11.0 / 30.0))
+    assert benchmark.ratio(summaries, 512, 1) is None
+    table = benchmark.markdown_table(summaries)
+    assert "| 256 | 1 | ours | 3 |" in table and "0.50 / 0.37" in table
+
+
+def test_outside_ncnn_excludes_localai_load() -> None:
+    ours = _result("ours", 10.0)
+    assert ours.outside_ncnn == pytest.approx(0.1)
+    ref = benchmark.TrialResult(benchmark.TrialSpec("localai", 256, 1, 15), 4.0, 0, 0, 0, 10.0, 5.4, 1.0)
+    assert ref.outside_ncnn == pytest.approx(0.1)
+
+
+def test_unknown_contender_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="contender 'torch' is unknown"):
+        benchmark.run_trial(benchmark.Target(str(tmp_path)), benchmark.TrialSpec("torch", 256, 0, 1))
+
+
+@pytest.fixture(scope="module")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from localai_sd.testing.tiny import build_tiny_assets
+
+    dest = tmp_path_factory.mktemp("bench-tiny")
+    build_tiny_assets(dest)
+    return dest
+
+
+def test_both_contenders_run_in_fresh_processes(tiny_assets: Path, tmp_path: Path) -> None:
+    target = benchmark.Target(str(tiny_assets), threads=1)
+    seen: list[benchmark.TrialResult] = []
+    results = benchmark.run_benchmark(
+        target, sizes=[256], modes=[1], steps=2, repeats=1, on_result=seen.append
+    )
+    assert [r.spec.contender for r in results] == ["ours", "localai"] and seen == results
+    for r in results:
+        assert r.request_s > 0 and r.step_s > 0 and r.decode_s > 0 and r.ncnn_s > 0
+        assert 0 < r.peak_rss_gb < 4 and 0 <= r.outside_ncnn < 1
+    # LocalAI's load happens inside its request; ours was loaded before the request started.
+    assert results[1].request_s > results[1].load_s
+    summaries = benchmark.summarize(results)
+    doc = benchmark.results_document(target, results, summaries)
+    json_path, md_path = benchmark.write_results(tmp_path, "quick", doc, benchmark.markdown_table(summaries))
+    data = json.loads(json_path.read_text())
+    assert len(data["trials"]) == 2 and data["machine"]["cpus"] >= 1
+    assert "| 256 | 1 | localai | 1 |" in md_path.read_text()
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    app.command("noop", hidden=True)(lambda: None)  # keeps typer in multi-command mode
+    return app
+
+
+def test_cli_quick_on_tiny_assets(tiny_assets: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = CliRunner().invoke(
+        _cli(), ["benchmark", "--assets", str(tiny_assets), "--quick", "--compare", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "s/step" in result.output and "| 256 | 1 | ours | 1 |" in result.output
+    assert len(list(out.glob("*.json"))) == 1 and len(list(out.glob("*.md"))) == 1
+
+
+def test_cli_installed_model(tiny_models: Path) -> None:
+    result = CliRunner().invoke(
+        _cli(), ["benchmark", "--model", "stablediffusion", "--models-path", str(tiny_models), "--quick"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "| 256 | 1 | ours | 1 |" in result.output and "localai" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "exactly one of --model NAME or --assets DIR"),
+        (["--assets", "nowhere-at-all"], "is not a directory"),
+        (["--assets", ".", "--mode", "2"], "--mode 2 must be 0"),
+        (["--assets", ".", "--size", "100"], "--size 100 must be a positive multiple of 64"),
+    ],
+)
+def test_cli_bad_input_is_one_line(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(_cli(), ["benchmark", *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
