@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from server_helpers import live_server, png_size
+from server_helpers import live_server, png_size, wait_until
 
 from localai_sd.server.app import create_app
 from localai_sd.settings import Settings
@@ -190,3 +190,26 @@ def test_model_lists_and_health(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz").json()
     assert ready["ready"] is True and ready["running"] == 0
+
+
+def test_url_images_expire_after_the_ttl_and_are_deleted(tiny_models: Path, tmp_path: Path) -> None:
+    with TestClient(create_app(settings_for(tiny_models, tmp_path, image_ttl_seconds=1))) as client:
+        body = {"prompt": "a moth", "size": "64x64", "step": 1}
+        url = client.post("/v1/images/generations", json=body).json()["data"][0]["url"]
+        name = url.rsplit("/", 1)[1]
+        wait_until(
+            lambda: not (tmp_path / "images" / name).exists(), "the sweeper to delete the expired image"
+        )
+        error_of(client.get(f"/generated-images/{name}"), 404)
+
+
+def test_cors_preflight_when_enabled(tiny_models: Path, tmp_path: Path) -> None:
+    headers = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(settings_for(tiny_models, tmp_path, cors=True, api_keys=("k",)))) as client:
+        preflight = client.options("/v1/images/generations", headers=headers)
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+    with TestClient(create_app(settings_for(tiny_models, tmp_path))) as client:
+        assert (
+            "access-control-allow-origin"
+            not in client.options("/v1/images/generations", headers=headers).headers
+        )

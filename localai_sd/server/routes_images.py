@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from localai_sd.errors import Cancelled
 from localai_sd.pipeline.pipeline import GeneratedImage
@@ -69,7 +70,7 @@ async def generate_images(request: Request) -> dict[str, Any]:
     state.queue.submit(job)
     images = await wait_for_job(job, request, state)
     response_format = body.format()
-    data = [image_item(image, response_format, state, request) for image in images]
+    data = [await run_in_threadpool(image_item, image, response_format, state, request) for image in images]
     response = ImagesResponse(
         created=int(time.time()), id=str(uuid.uuid4()), data=data, size=gen_request.size
     )
