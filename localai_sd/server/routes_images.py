@@ -39,14 +39,18 @@ def server_state(request: Request) -> ServerState:
 async def wait_for_job(job: GenerationJob, request: Request, state: ServerState) -> list[GeneratedImage]:
     """Await the job; if the client disconnects first, cancel it (dequeue, or stop at the next step)."""
     future = asyncio.wrap_future(job.future)
-    while True:
-        done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_SECONDS)
-        if done:
-            return future.result()
-        if await request.is_disconnected():
-            state.queue.cancel(job)
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
-            raise Cancelled("the client disconnected; the generation was cancelled")
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                return future.result()
+            if await request.is_disconnected():
+                raise Cancelled("the client disconnected; the generation was cancelled")
+    except (Cancelled, asyncio.CancelledError):
+        # The client is gone (or the server stops): free the worker for the next request.
+        state.queue.cancel(job)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise
 
 
 def image_item(
