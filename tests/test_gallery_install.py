@@ -366,3 +366,16 @@ def test_config_url_installs_a_plain_config(settings: Settings, server: FakeGall
     result = install(settings, config_url=server.url + "/configs/plain.yaml")
     assert result.name == "plain"
     assert yaml.safe_load(result.config_path.read_text())["parameters"] == {"model": "somewhere"}
+
+
+def test_slash_in_gallery_entry_name_becomes_double_underscore(
+    settings: Settings, server: FakeGallery, tree: TinyGallery
+) -> None:
+    server.add(
+        "/raw/acme/hf/main/index.yaml",
+        yaml.safe_dump([{"name": "owner/model", "url": tree.model_url}]).encode(),
+    )
+    hf = settings.with_changes(galleries=(Gallery("hf", "github:acme/hf/index.yaml"),))
+    result = install(hf, id="hf@owner/model")
+    assert result.name == "owner__model"
+    assert yaml.safe_load(result.config_path.read_text())["name"] == "owner__model"

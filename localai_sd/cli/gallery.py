@@ -37,7 +37,7 @@ from localai_sd.gallery.install import (
 )
 from localai_sd.gallery.preload import preload, preload_items
 from localai_sd.gallery.urls import looks_like_url
-from localai_sd.models import list_models
+from localai_sd.models import config_path, list_models
 from localai_sd.settings import Settings, parse_galleries
 
 ModelsPathOption = Annotated[
@@ -182,6 +182,7 @@ def run_preload(settings: Settings, console: Console) -> None:
 
 def ensure_model(settings: Settings, name: str, console: Console) -> None:
     """Install model ``name`` from the configured galleries if it is missing (like ``ollama run``)."""
+    config_path(models_root(settings), name)  # an unsafe name fails here, before any network
     if is_installed(models_root(settings), name):
         return
     console.print(f"model [bold]{name}[/] is not installed; installing it from the gallery…")

@@ -35,6 +35,7 @@ from localai_sd.errors import (
 )
 from localai_sd.gallery.download import (
     PHASE_DONE,
+    PHASE_DOWNLOADING,
     PHASE_FAILED,
     PHASE_SKIPPED,
     DownloadPolicy,
@@ -60,6 +61,8 @@ TEMPLATE_SUFFIX = ".tmpl"
 MANIFEST_FORMAT = ".{name}.files.json"
 #: ``gallery@model`` separator of install ids (LocalAI v1.20+).
 ID_SEPARATOR = "@"
+#: LocalAI replaces '/' in gallery entry names (``owner/model``) with this in install names.
+NAME_SLASH = "__"
 #: A sha256 in hex (either case).
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 #: Request keys we act on (LocalAI ``POST /models/apply``).
@@ -440,13 +443,15 @@ def entry_definition(entry: GalleryEntry, fetcher: Fetcher) -> GalleryModel:
     raise GalleryError(f"gallery entry {entry.id!r} has neither a url nor a config_file")
 
 
-def resolve_definition(req: InstallRequest, fetcher: Fetcher) -> tuple[str | None, GalleryModel, dict, tuple]:
+def resolve_definition(
+    req: InstallRequest, fetcher: Fetcher
+) -> tuple[str | None, GalleryModel, dict[str, Any], tuple[FileSpec, ...]]:
     """The (name, definition, overrides, extra files) a request installs; ``id`` wins over ``url``."""
     if req.id:
         entry = find_entry(req.id, fetcher)
         model = entry_definition(entry, fetcher)
         return (
-            req.name or entry.name,
+            req.name or entry.name.replace("/", NAME_SLASH),
             model,
             deep_merge(entry.overrides, req.overrides),
             entry.files + req.files,
@@ -560,8 +565,13 @@ def fetch_files(
     for index, (spec, source, target) in enumerate(plan.files, start=1):
 
         def report(
-            done: int, total: int | None, rate: float, phase: str = "downloading", spec=spec, index=index
-        ):
+            done: int,
+            total: int | None,
+            rate: float,
+            phase: str = PHASE_DOWNLOADING,
+            spec: FileSpec = spec,
+            index: int = index,
+        ) -> None:
             """Forward byte progress of this file as a DownloadProgress event."""
             if progress is not None:
                 progress(DownloadProgress(plan.name, spec.filename, done, total, rate, index, count, phase))

@@ -8,6 +8,7 @@ the body; Range requests (RFC 9110 §14) can be switched off. Every request is r
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -157,6 +158,18 @@ def make_handler(state: _State) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server that ignores clients hanging up (resets, broken pipes) instead of printing."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Drop connection errors caused by clients going away; report anything else as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class FakeGallery:
     """A loopback HTTP server serving ``root`` and explicit routes, with controllable faults.
 
@@ -178,8 +191,7 @@ class FakeGallery:
 
     def start(self) -> FakeGallery:
         """Bind 127.0.0.1:0 and serve in a daemon thread."""
-        server = ThreadingHTTPServer((LOOPBACK, 0), make_handler(self._state))
-        server.daemon_threads = True
+        server = _QuietServer((LOOPBACK, 0), make_handler(self._state))
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
