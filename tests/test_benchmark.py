@@ -124,3 +124,20 @@ def test_cli_bad_input_is_one_line(args: list[str], message: str) -> None:
     result = CliRunner().invoke(_cli(), ["benchmark", *args])
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_release_memory_keeps_nets_usable(tiny_assets: Path) -> None:
+    """The pools freed between phases (peak-memory optimisation) are re-allocated with identical results."""
+    import numpy as np
+
+    from localai_sd.pipeline import nets
+    from localai_sd.pipeline.assets import AssetSet
+
+    unet = nets.UNet.load(AssetSet.from_dir(tiny_assets), 256, 256, mode=1, threads=1)
+    latent = np.random.default_rng(0).standard_normal(unet.latent_shape, dtype=np.float32)
+    cond = np.zeros((77, 768), dtype=np.float32)
+    before = unet(latent, 500.0, cond, 0.1, -3.0)
+    unet.release_memory()
+    after = unet(latent, 500.0, cond, 0.1, -3.0)
+    np.testing.assert_array_equal(before, after)
+    unet.close()

@@ -226,6 +226,8 @@ class NcnnModel:
         self.options = options
         self.ncnn_seconds = 0.0
         self.runs = 0
+        #: This net's own blob and workspace pools, so release_memory() can hand them back to the OS.
+        self._pools = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
         self._check_blobs()
 
     @classmethod
@@ -262,6 +264,8 @@ class NcnnModel:
         start = time.perf_counter()
         try:
             extractor = self._require().create_extractor()
+            extractor.set_blob_allocator(self._pools[0])
+            extractor.set_workspace_allocator(self._pools[1])
             for blob, mat in feeds.items():
                 _check(extractor.input(blob, mat), f"{self.name}: cannot set input {blob!r}")
             results = []
@@ -276,11 +280,17 @@ class NcnnModel:
             self.runs += 1
         return results
 
+    def release_memory(self) -> None:
+        """Free the pooled activations and workspace of past runs (weights stay; the next run re-allocates)."""
+        for pool in self._pools:
+            pool.clear()
+
     def close(self) -> None:
         """Release the net's weights and memory; the object is unusable afterwards."""
         if self._net is not None:
             self._net.clear()
             self._net = None
+            self.release_memory()
 
 
 def _scalar(value: float) -> np.ndarray:

@@ -195,6 +195,7 @@ class StableDiffusion:
         t0 = time.perf_counter()
         cond = self.encode_prompt(request.prompt)
         uncond = self.encode_prompt(request.negative_prompt)
+        self.text_encoder.release_memory()
         timings.encode = time.perf_counter() - t0
 
         # 3. Draw the sigmas and build the guided denoiser.
@@ -220,11 +221,14 @@ class StableDiffusion:
 
             t0 = time.perf_counter()
             latent = sampler(model, x, sigmas, rng=rng, callback=callback)
+            # Peak memory: hand the UNet's activations back before the decoder needs its own.
+            unet.release_memory()
             timings.sample += time.perf_counter() - t0
 
             # 6. Decode the latent to pixels and a PNG with its parameters.
             t0 = time.perf_counter()
             pixels = decoder_to_pixels(decoder(latent))
+            decoder.release_memory()
             parameters = infotext(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt,

@@ -1,0 +1,65 @@
+"""Where the memory goes: RSS and peak RSS after each stage of one request, in a fresh process.
+
+python benchmarks/memory.py --size 256 --mode 1 --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "sd-ncnn" / "assets"
+
+
+def memory_gb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in GB, from /proc/self/status."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024 / 1e9
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def main(argv: list[str]) -> int:
+    """Load and run one request stage by stage, printing memory after each."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--assets", type=Path, default=DEFAULT_ASSETS)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--mode", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    from localai_sd.pipeline import nets
+    from localai_sd.pipeline.pipeline import StableDiffusion
+    from localai_sd.pipeline.request import GenerationRequest
+
+    def stage(name: str, t0: float) -> None:
+        rss, hwm = memory_gb()
+        print(
+            f"{name:28} rss {rss:5.2f} GB  peak {hwm:5.2f} GB  ({time.perf_counter() - t0:.1f} s)", flush=True
+        )
+
+    t0 = time.perf_counter()
+    stage("python + imports", t0)
+    sd = StableDiffusion.from_dir(args.assets.resolve(), synthetic=nets.SyntheticWeights())
+    stage("text encoder loaded", t0)
+    sd.unet(args.size, args.size, args.mode)
+    stage("unet loaded", t0)
+    sd.decoder(args.size, args.size)
+    stage("decoder loaded", t0)
+    request = GenerationRequest.create("a cat | blurry", size=f"{args.size}x{args.size}", steps=args.steps,
+                                       mode=args.mode, seed=1)  # fmt: skip
+    sd.generate(request)
+    stage("request 1 done", t0)
+    t = sd.timings
+    print(f"  encode {t.encode:.2f} s, s/step {t.sample / args.steps:.2f}, decode {t.decode:.2f} s")
+    sd.generate(request)
+    stage("request 2 done", t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
