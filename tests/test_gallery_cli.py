@@ -126,8 +126,11 @@ def test_ensure_model_installs_missing_model_from_gallery(
         models_path=tmp_path / "models",
         galleries=(Gallery("acme", tree.index_url),),
         mirrors=tree.mirrors(server),
+        default_model=tree.name,
     )
     with open(tmp_path / "log.txt", "w") as log:
+        ensure_model(settings, "not-the-default", Console(file=log, width=120))  # left to load_config
+        assert server.requests == []
         ensure_model(settings, tree.name, Console(file=log, width=120))
         ensure_model(settings, tree.name, Console(file=log, width=120))  # present: no network at all
     assert (tmp_path / "models" / f"{tree.name}.yaml").is_file()

@@ -181,9 +181,12 @@ def run_preload(settings: Settings, console: Console) -> None:
 
 
 def ensure_model(settings: Settings, name: str, console: Console) -> None:
-    """Install model ``name`` from the configured galleries if it is missing (like ``ollama run``)."""
+    """Install the DEFAULT model from the configured galleries if it is missing (like ``ollama run``).
+
+    Other missing names are left to ``models.load_config``, which reports them as not found.
+    """
     config_path(models_root(settings), name)  # an unsafe name fails here, before any network
-    if is_installed(models_root(settings), name):
+    if name != settings.default_model or is_installed(models_root(settings), name):
         return
     console.print(f"model [bold]{name}[/] is not installed; installing it from the gallery…")
     try:
