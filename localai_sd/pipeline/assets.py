@@ -150,6 +150,10 @@ class AssetSet:
         path = self.root / files.opt_param.format(w=width, h=height)
         return path if path.is_file() else None
 
+    def param_path(self, net: str, width: int = 512, height: int = 512) -> Path:
+        """The .param file ``param_text`` reads for this size: the -opt param if any, else the base."""
+        return self.opt_param_path(net, width, height) or self.base_param_path(net)
+
     @property
     def vocab_path(self) -> Path:
         """Path of the CLIP BPE vocab.txt."""

@@ -241,7 +241,7 @@ class NcnnModel:
     ) -> ncnn.Net:
         """Load this net of ``assets`` for a width x height image."""
         text = assets.param_text(cls.net_name, width, height)
-        param_name = assets.base_param_path(cls.net_name).name
+        param_name = assets.param_path(cls.net_name, width, height).name
         weights = synthetic if synthetic is not None else assets.weights_path(cls.net_name)
         return load_net(text, param_name, weights, options)
 
@@ -371,7 +371,7 @@ class _Sized(NcnnModel):
     ):  # -> Self
         """Load the net of ``assets`` for width x height and remember the size."""
         net = cls._load(assets, width, height, options, synthetic)
-        model = cls(net, assets.base_param_path(cls.net_name).name, options)
+        model = cls(net, assets.param_path(cls.net_name, width, height).name, options)
         model.width, model.height = width, height
         return model
 
