@@ -18,16 +18,11 @@ from localai_sd.errors import (
     ModelNotFound,
     UnsafePath,
 )
+from localai_sd.gallery.catalog import available_models
+from localai_sd.gallery.definitions import deep_merge
 from localai_sd.gallery.download import DownloadPolicy, DownloadProgress, partial_path
-from localai_sd.gallery.install import (
-    InstallFailed,
-    InstallRequest,
-    available_models,
-    deep_merge,
-    delete_model,
-    install_model,
-    validate_request,
-)
+from localai_sd.gallery.install import InstallFailed, InstallRequest, install_model, validate_request
+from localai_sd.gallery.store import delete_model
 from localai_sd.models import list_models, load_config
 from localai_sd.settings import Gallery, Settings
 from localai_sd.testing.fake_gallery import FakeGallery, TinyGallery, build_tiny_gallery

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from localai_sd.errors import ChecksumMismatch
+from localai_sd.gallery.catalog import available_models
 from localai_sd.gallery.download import DownloadPolicy, partial_path
-from localai_sd.gallery.install import InstallFailed, InstallRequest, available_models, install_model
+from localai_sd.gallery.install import InstallFailed, InstallRequest, install_model
 from localai_sd.gallery.urls import apply_mirrors
 from localai_sd.models import list_models
 from localai_sd.settings import Gallery, Settings

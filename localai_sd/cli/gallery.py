@@ -25,17 +25,11 @@ from rich.table import Table
 
 from localai_sd.cli.app import handle_errors, stderr_console
 from localai_sd.errors import GalleryError
+from localai_sd.gallery.catalog import available_models
 from localai_sd.gallery.download import PHASE_DONE, PHASE_FAILED, PHASE_SKIPPED, DownloadProgress
-from localai_sd.gallery.install import (
-    InstallRequest,
-    available_models,
-    delete_model,
-    install_model,
-    is_installed,
-    models_root,
-    validate_request,
-)
+from localai_sd.gallery.install import InstallRequest, install_model, validate_request
 from localai_sd.gallery.preload import preload, preload_items
+from localai_sd.gallery.store import delete_model, is_installed, models_root
 from localai_sd.gallery.urls import looks_like_url
 from localai_sd.models import config_path, list_models
 from localai_sd.settings import Settings, parse_galleries

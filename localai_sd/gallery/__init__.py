@@ -1,6 +1,8 @@
 """LocalAI-compatible model gallery: URL forms, verified downloads, install/delete, preload.
 
 Modules: ``urls`` (URL resolution and mirrors), ``download`` (atomic, verified, resumable
-downloads with progress events), ``install`` (gallery YAML, install requests, install/delete,
-available models) and ``preload`` (PRELOAD_MODELS / PRELOAD_MODELS_CONFIG).
+downloads with progress events), ``definitions`` (gallery YAML: file specs, model definitions,
+index entries), ``catalog`` (fetching galleries, finding entries, available models), ``store``
+(what is installed: lock, manifests, delete), ``install`` (install requests and the installer)
+and ``preload`` (PRELOAD_MODELS / PRELOAD_MODELS_CONFIG).
 """

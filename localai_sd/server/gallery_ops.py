@@ -8,15 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from localai_sd.gallery.catalog import available_models
 from localai_sd.gallery.download import DownloadProgress
-from localai_sd.gallery.install import (
-    InstallRequest,
-    available_models,
-    delete_model,
-    install_model,
-    validate_request,
-)
+from localai_sd.gallery.install import InstallRequest, install_model, validate_request
 from localai_sd.gallery.preload import preload
+from localai_sd.gallery.store import delete_model
 from localai_sd.server.jobs import InstallStatus
 from localai_sd.settings import Settings
 
