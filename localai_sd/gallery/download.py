@@ -25,6 +25,7 @@ import requests
 import urllib3
 
 from localai_sd.errors import Cancelled, ChecksumMismatch, DownloadError, GalleryError, InsufficientDiskSpace
+from localai_sd.fileio import fsync_dir
 from localai_sd.gallery.urls import Source
 from localai_sd.settings import Settings
 
@@ -162,35 +163,6 @@ def check_disk_space(directory: Path, needed: int, name: str) -> None:
             f"not enough disk space for {name!r}: it needs {human_bytes(needed)} ({needed} bytes) "
             f"but {directory} has {human_bytes(free)} ({free} bytes) free"
         )
-
-
-def fsync_dir(directory: Path) -> None:
-    """Flush a directory entry (after a rename) to disk where the OS allows it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 class _Meter:

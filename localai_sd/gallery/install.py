@@ -27,6 +27,7 @@ from localai_sd.errors import (
     LocalAISDError,
     UnsafePath,
 )
+from localai_sd.fileio import write_atomic
 from localai_sd.gallery.catalog import Fetcher, entry_definition, find_entry, open_fetcher, split_id
 from localai_sd.gallery.definitions import (
     FileSpec,
@@ -45,7 +46,6 @@ from localai_sd.gallery.download import (
     DownloadProgress,
     check_cancel,
     ensure_file,
-    write_atomic,
 )
 from localai_sd.gallery.store import install_lock, manifest_path, models_root, write_manifest
 from localai_sd.gallery.urls import Source, resolve_url
@@ -288,6 +288,7 @@ def fetch_files(
 def write_outputs(plan: InstallPlan, models: Path, source_label: str) -> None:
     """Write prompt templates, the manifest, then the config (last), each atomically."""
     for template, path in plan.templates:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, template.content.encode("utf-8"))
     write_manifest(
         plan.manifest_path,

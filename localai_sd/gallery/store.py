@@ -17,7 +17,8 @@ from typing import Any
 import filelock
 
 from localai_sd.errors import ModelNotFound, UnsafePath
-from localai_sd.gallery.download import CancelCheck, check_cancel, partial_path, write_atomic
+from localai_sd.fileio import write_atomic
+from localai_sd.gallery.download import CancelCheck, check_cancel, partial_path
 from localai_sd.models import CONFIG_SUFFIX, config_path
 from localai_sd.paths import safe_join
 from localai_sd.settings import Settings

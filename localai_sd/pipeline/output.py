@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import errno
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
 from localai_sd.errors import OutputError
+from localai_sd.fileio import write_atomic
 
 #: The PNG tEXt key AUTOMATIC1111 reads back for "PNG Info".
 PNG_PARAMETERS_KEY = "parameters"
@@ -70,22 +69,12 @@ def read_png_parameters(data: bytes) -> str | None:
 
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Write bytes to ``path`` via a temporary file and rename, so a failure leaves no partial file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OutputError(f"cannot write {path}: directory {directory} does not exist")
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: directory {path.parent} does not exist")
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a directory")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+        write_atomic(path, data)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise OutputError(f"cannot write {path}: {reason}") from None
