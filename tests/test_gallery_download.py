@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from localai_sd.errors import Cancelled, ChecksumMismatch, DownloadError, InsufficientDiskSpace
-from localai_sd.gallery import download as dl
-from localai_sd.gallery.download import DownloadPolicy, download, ensure_file, partial_path
+from localai_sd.gallery import streams
+from localai_sd.gallery.download import download, ensure_file, partial_path
+from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.urls import Source
 from localai_sd.testing.fake_gallery import FakeGallery
 
@@ -145,7 +146,9 @@ def test_slow_server_hits_read_timeout(server: FakeGallery, tmp_path: Path) -> N
 def test_insufficient_disk_space_fails_before_writing(
     server: FakeGallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6 - 100, 100))
+    monkeypatch.setattr(
+        streams.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6 - 100, 100)
+    )
     with pytest.raises(InsufficientDiskSpace, match=rf"{len(DATA)} bytes.*100 bytes"):
         download(src(server), tmp_path / "f.bin", sha256=SHA, policy=FAST)
     assert not (tmp_path / "f.bin").exists()

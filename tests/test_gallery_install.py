@@ -20,7 +20,8 @@ from localai_sd.errors import (
 )
 from localai_sd.gallery.catalog import available_models
 from localai_sd.gallery.definitions import deep_merge
-from localai_sd.gallery.download import DownloadPolicy, DownloadProgress, partial_path
+from localai_sd.gallery.download import DownloadProgress, partial_path
+from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.install import InstallFailed, InstallRequest, install_model, validate_request
 from localai_sd.gallery.store import delete_model
 from localai_sd.models import list_models, load_config

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from localai_sd.errors import DownloadError, GalleryError, InvalidRequest
-from localai_sd.gallery.download import DownloadPolicy
+from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.preload import PreloadError, preload
 from localai_sd.models import list_models
 from localai_sd.settings import Gallery, Settings

@@ -17,7 +17,8 @@ import yaml
 
 from localai_sd.errors import ChecksumMismatch
 from localai_sd.gallery.catalog import available_models
-from localai_sd.gallery.download import DownloadPolicy, partial_path
+from localai_sd.gallery.download import partial_path
+from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.install import InstallFailed, InstallRequest, install_model
 from localai_sd.gallery.urls import apply_mirrors
 from localai_sd.models import list_models

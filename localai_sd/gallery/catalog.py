@@ -23,8 +23,10 @@ from localai_sd.gallery.definitions import (
     parse_index,
     parse_yaml,
 )
-from localai_sd.gallery.download import CancelCheck, DownloadPolicy, fetch_document
+from localai_sd.gallery.download import fetch_document
+from localai_sd.gallery.http_fetch import DownloadPolicy, session_scope
 from localai_sd.gallery.store import is_installed, models_root
+from localai_sd.gallery.streams import CancelCheck
 from localai_sd.gallery.urls import Source, resolve_url
 from localai_sd.settings import Gallery, Settings
 
@@ -68,18 +70,8 @@ def open_fetcher(
     cancel: CancelCheck | None = None,
 ) -> Iterator[Fetcher]:
     """A Fetcher with ``policy`` (default: from the settings); a session opened here is closed on exit."""
-    own_session = session is None
-    fetcher = Fetcher(
-        settings,
-        policy or DownloadPolicy.from_settings(settings),
-        session if session is not None else requests.Session(),
-        cancel,
-    )
-    try:
-        yield fetcher
-    finally:
-        if own_session:
-            fetcher.session.close()
+    with session_scope(session) as http:
+        yield Fetcher(settings, policy or DownloadPolicy.from_settings(settings), http, cancel)
 
 
 def split_id(model_id: str, settings: Settings) -> tuple[list[Gallery], str]:

@@ -41,13 +41,12 @@ from localai_sd.gallery.download import (
     PHASE_DOWNLOADING,
     PHASE_FAILED,
     PHASE_SKIPPED,
-    CancelCheck,
-    DownloadPolicy,
     DownloadProgress,
-    check_cancel,
     ensure_file,
 )
+from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.store import install_lock, manifest_path, models_root, write_manifest
+from localai_sd.gallery.streams import CancelCheck, check_cancel
 from localai_sd.gallery.urls import Source, resolve_url
 from localai_sd.models import config_path
 from localai_sd.paths import safe_join

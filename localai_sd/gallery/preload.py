@@ -16,7 +16,8 @@ import requests
 import yaml
 
 from localai_sd.errors import Cancelled, GalleryError, InvalidRequest, LocalAISDError
-from localai_sd.gallery.download import DownloadPolicy, DownloadProgress
+from localai_sd.gallery.download import DownloadProgress
+from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.install import InstalledModel, InstallRequest, install_model
 from localai_sd.settings import Settings
 

@@ -18,7 +18,8 @@ import filelock
 
 from localai_sd.errors import ModelNotFound, UnsafePath
 from localai_sd.fileio import write_atomic
-from localai_sd.gallery.download import CancelCheck, check_cancel, partial_path
+from localai_sd.gallery.download import partial_path
+from localai_sd.gallery.streams import CancelCheck, check_cancel
 from localai_sd.models import CONFIG_SUFFIX, config_path
 from localai_sd.paths import safe_join
 from localai_sd.settings import Settings
