@@ -82,6 +82,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def recorded_paths(manifest: dict[str, Any]) -> list[str]:
+    """The file and template paths (relative to the models dir) a manifest records."""
+    return [f for f in manifest.get("files", []) + manifest.get("templates", []) if isinstance(f, str)]
+
+
 def files_of_other_models(models: Path, name: str) -> set[str]:
     """Filenames recorded by the manifests of every installed model other than ``name``."""
     keep: set[str] = set()
@@ -89,9 +94,7 @@ def files_of_other_models(models: Path, name: str) -> set[str]:
         other = config.name[: -len(CONFIG_SUFFIX)]
         if other != name:
             manifest = read_manifest(models / MANIFEST_FORMAT.format(name=other))
-            keep.update(
-                f for f in manifest.get("files", []) + manifest.get("templates", []) if isinstance(f, str)
-            )
+            keep.update(recorded_paths(manifest))
     return keep
 
 
@@ -119,8 +122,8 @@ def delete_model(settings: Settings, name: str) -> list[Path]:
         config.unlink()
         removed.append(config)
         shared = files_of_other_models(models, name)
-        for rel in manifest.get("files", []) + manifest.get("templates", []):
-            if not isinstance(rel, str) or rel in shared:
+        for rel in recorded_paths(manifest):
+            if rel in shared:
                 continue
             try:
                 target = safe_join(models, rel, what="file name")
