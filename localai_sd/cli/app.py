@@ -43,7 +43,7 @@ def handle_errors(func: F) -> F:
 
 def build_app() -> typer.Typer:
     """Build the ``local-ai`` app with every command registered."""
-    from localai_sd.cli import gallery, generate, serve
+    from localai_sd.cli import benchmark, gallery, generate, serve
 
     app = typer.Typer(
         name="local-ai",
@@ -52,7 +52,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for module in (generate, gallery, serve):
+    for module in (generate, gallery, serve, benchmark):
         module.register(app)
     return app
 
