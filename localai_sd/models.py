@@ -72,7 +72,9 @@ def load_config(models_path: Path, name: str) -> ModelConfig:
         raise ModelConfigError(
             f"model {name!r} has backend {backend!r}; this server runs {' or '.join(SUPPORTED_BACKENDS)}"
         )
-    parameters = data.get("parameters") if isinstance(data.get("parameters"), dict) else {}
+    parameters = data.get("parameters")
+    if not isinstance(parameters, dict):
+        parameters = {}
     asset = parameters.get("model") or data.get("asset_dir")
     if not isinstance(asset, str) or not asset:
         raise ModelConfigError(

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from localai_sd.errors import InvalidRequest
 
@@ -77,15 +78,15 @@ class Settings:
         """The image directory, defaulting to a folder under the models path."""
         return self.image_path if self.image_path is not None else self.models_path / "generated-images"
 
-    def with_changes(self, **changes: object) -> Settings:
+    def with_changes(self, **changes: Any) -> Settings:
         """A copy with some fields replaced; None values are ignored."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from LocalAI's environment variable names, then explicit overrides."""
         env = os.environ if env is None else env
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         if v := env.get("MODELS_PATH"):
             values["models_path"] = Path(v)
         if v := env.get("IMAGE_PATH"):
@@ -109,7 +110,7 @@ class Settings:
         if v := env.get("BASE_URL"):
             values["base_url"] = v
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 def parse_positive_int(text: str, name: str) -> int:

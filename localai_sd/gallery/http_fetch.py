@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 import urllib3
@@ -58,7 +58,7 @@ class DownloadPolicy:
     backoff_max: float = 30.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, **changes: float) -> DownloadPolicy:
+    def from_settings(cls, settings: Settings, **changes: Any) -> DownloadPolicy:
         """The policy from the settings' timeouts and retry count, with optional field changes."""
         policy = cls(
             connect_timeout=settings.connect_timeout,
@@ -88,9 +88,9 @@ class TransientError(Exception):
 
 def describe_exception(exc: BaseException) -> str:
     """A short reason for a requests/urllib3 error: the innermost cause, without object reprs."""
-    reason: object = exc
+    reason: BaseException = exc
     for _ in range(5):
-        inner = getattr(reason, "reason", None) or (reason.args[0] if getattr(reason, "args", None) else None)
+        inner = getattr(reason, "reason", None) or (reason.args[0] if reason.args else None)
         if not isinstance(inner, BaseException):
             break
         reason = inner
