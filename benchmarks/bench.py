@@ -32,6 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved pairs per size and mode")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--low-memory", action="store_true", help="our pipeline's low-memory setting")
     parser.add_argument("--ours-only", action="store_true", help="skip the LocalAI-equivalent contender")
     parser.add_argument("--quick", action="store_true", help="256x256, mode 1, 2 steps, one pair")
     parser.add_argument("--stem", default=None, help="results file name (default: a timestamp)")
@@ -45,7 +46,10 @@ def main(argv: list[str]) -> int:
     if args.quick:
         sizes, modes, steps, repeats = [256], [1], 2, 1
     target = benchmark.Target(
-        str(args.assets.resolve()), synthetic=not args.real_weights, threads=args.threads
+        str(args.assets.resolve()),
+        synthetic=not args.real_weights,
+        threads=args.threads,
+        low_memory=args.low_memory,
     )
     contenders = (benchmark.OURS,) if args.ours_only else benchmark.CONTENDERS
 
@@ -53,7 +57,7 @@ def main(argv: list[str]) -> int:
         s = r.spec
         print(
             f"{s.contender:8} {s.size} mode {s.mode}: request {r.request_s:.1f} s, load {r.load_s:.1f} s, "
-            f"{r.step_s:.2f} s/step, decode {r.decode_s:.2f} s, outside ncnn {r.outside_ncnn:.1%}, "
+            f"{r.step_s:.2f} s/step, decode {r.decode_s:.2f} s, outside ncnn {r.outside_ncnn:.2%}, "
             f"peak RSS {r.peak_rss_gb:.2f} GB",
             flush=True,
         )

@@ -36,6 +36,9 @@ VARIANTS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     "omp-active": ({}, {"OMP_WAIT_POLICY": "ACTIVE"}),
     "omp-bind": ({}, {"OMP_PROC_BIND": "true", "OMP_PLACES": "cores"}),
     "threads-1": ({"threads": 1}, {}),
+    "no-wino63": ({"winograd63": False}, {}),
+    "wino23-only": ({"winograd63": False, "winograd43": False}, {}),
+    "bf16-no-wino63": ({"fp16": False, "bf16_storage": True, "winograd63": False}, {}),
 }
 
 

@@ -44,6 +44,8 @@ class Target:
     backend: str = "stablediffusion"
     synthetic: bool = False
     threads: int | None = None
+    #: Our pipeline's low-memory setting (text encoder and decoder loaded per use, plain-conv decoder).
+    low_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,11 @@ def run_ours(target: Target, spec: TrialSpec) -> TrialResult:
 
     start = time.perf_counter()
     sd = StableDiffusion.from_dir(
-        Path(target.asset_dir), backend=target.backend, threads=target.threads, synthetic=_synthetic(target)
+        Path(target.asset_dir),
+        backend=target.backend,
+        threads=target.threads,
+        synthetic=_synthetic(target),
+        low_memory=target.low_memory,
     )
     sd.unet(spec.size, spec.size, spec.mode)
     sd.decoder(spec.size, spec.size)
@@ -254,7 +260,7 @@ def markdown_table(summaries: list[Summary]) -> str:
         rows.append(
             f"| {s.size} | {s.mode} | {s.contender} | {s.runs} | {m['load_s'][0]:.1f} | {m['encode_s'][0]:.2f} "
             f"| {m['step_s'][0]:.2f} | {m['decode_s'][0]:.2f} | {m['request_s'][0]:.1f} / {m['request_s'][1]:.1f} "
-            f"| {f'{r[0]:.2f} / {r[1]:.2f}' if r else ''} | {m['outside_ncnn'][1]:.1%} "
+            f"| {f'{r[0]:.2f} / {r[1]:.2f}' if r else ''} | {m['outside_ncnn'][1]:.2%} "
             f"| {m['peak_rss_gb'][0]:.2f} |"
         )
     return head + "\n".join(rows) + "\n"

@@ -141,3 +141,27 @@ def test_release_memory_keeps_nets_usable(tiny_assets: Path) -> None:
     after = unet(latent, 500.0, cond, 0.1, -3.0)
     np.testing.assert_array_equal(before, after)
     unet.close()
+
+
+def test_low_memory_pipeline_releases_and_reloads(tiny_assets: Path) -> None:
+    """The low-memory setting closes the text encoder and decoder after use and reloads them next request."""
+    from localai_sd.pipeline.pipeline import StableDiffusion
+    from localai_sd.pipeline.request import GenerationRequest
+
+    sd = StableDiffusion.from_dir(tiny_assets, threads=1, low_memory=True)
+    request = GenerationRequest.create("a cat | blurry", size="256x256", steps=2, seed=3)
+    first = sd.generate(request)
+    assert sd._decoder is None and sd._text_encoder_released
+    second = sd.generate(request)
+    assert [i.png for i in first] == [i.png for i in second]
+    assert sd.timings.ncnn > 0 and sd.timings.ncnn <= sd.timings.total
+    assert sd.decoder(256, 256).options.winograd is False  # plain-conv decoder: no winograd workspace
+    sd.close()
+
+
+def test_benchmark_low_memory_target(tiny_assets: Path) -> None:
+    target = benchmark.Target(str(tiny_assets), threads=1, low_memory=True)
+    (result,) = benchmark.run_benchmark(
+        target, sizes=[256], modes=[0], steps=1, repeats=1, contenders=(benchmark.OURS,)
+    )
+    assert result.request_s > 0 and result.ncnn_s > 0

@@ -19,7 +19,12 @@ QUICK = {"sizes": [256], "modes": [1], "steps": 2, "repeats": 1}
 
 
 def resolve_target(
-    model: str | None, models_path: Path, assets: Path | None, synthetic: bool, threads: int | None
+    model: str | None,
+    models_path: Path,
+    assets: Path | None,
+    synthetic: bool,
+    threads: int | None,
+    low_memory: bool = False,
 ) -> benchmark.Target:
     """The asset dir to measure: an installed model's, or --assets (with --synthetic for params only)."""
     if (model is None) == (assets is None):
@@ -27,11 +32,17 @@ def resolve_target(
     if assets is not None:
         if not assets.is_dir():
             raise InvalidRequest(f"--assets {str(assets)!r} is not a directory")
-        return benchmark.Target(str(assets.resolve()), synthetic=synthetic, threads=threads)
+        return benchmark.Target(
+            str(assets.resolve()), synthetic=synthetic, threads=threads, low_memory=low_memory
+        )
     assert model is not None
     config = load_config(models_path, model)
     return benchmark.Target(
-        str(config.asset_dir), backend=config.backend, synthetic=synthetic, threads=threads
+        str(config.asset_dir),
+        backend=config.backend,
+        synthetic=synthetic,
+        threads=threads,
+        low_memory=low_memory,
     )
 
 
@@ -54,13 +65,16 @@ def benchmark_command(
     compare: Annotated[
         bool, typer.Option(help="Also time the LocalAI-equivalent path (all nets loaded per request).")
     ] = False,
+    low_memory: Annotated[
+        bool, typer.Option(help="Measure the low-memory setting (nets released between phases).")
+    ] = False,
     quick: Annotated[bool, typer.Option(help="One 256x256 mode-1 run at 2 steps.")] = False,
     output: Annotated[
         Path | None, typer.Option(help="Directory for <timestamp>.json and .md results.")
     ] = None,
 ) -> None:
     """Measure load time, seconds per step and peak memory, each configuration in a fresh process."""
-    target = resolve_target(model, models_path, assets, synthetic, threads)
+    target = resolve_target(model, models_path, assets, synthetic, threads, low_memory)
     plan = {"sizes": size or [512], "modes": mode or [0], "steps": steps, "repeats": repeats}
     if quick:
         plan = dict(QUICK)

@@ -54,6 +54,11 @@ class NetOptions:
     fp16: bool = True
     bf16_storage: bool = False
     light_mode: bool = True
+    #: Which winograd tile sizes ncnn may pick when ``winograd`` is on: F(6,3), F(4,3), F(2,3).
+    #: Larger tiles save multiplies but store bigger transformed kernels (8x8 / 6x6 / 4x4 per 3x3).
+    winograd63: bool = True
+    winograd43: bool = True
+    winograd23: bool = True
 
     def apply(self, opt: ncnn.Option) -> None:
         """Copy these settings onto an ncnn Option."""
@@ -62,6 +67,9 @@ class NetOptions:
         opt.lightmode = self.light_mode
         opt.use_winograd_convolution = self.winograd
         opt.use_sgemm_convolution = self.sgemm
+        opt.use_winograd63_convolution = self.winograd63
+        opt.use_winograd43_convolution = self.winograd43
+        opt.use_winograd23_convolution = self.winograd23
         opt.use_fp16_packed = self.fp16
         opt.use_fp16_storage = self.fp16
         opt.use_fp16_arithmetic = self.fp16

@@ -75,6 +75,7 @@ class StableDiffusion:
         name: str,
         threads: int | None = None,
         synthetic: nets.SyntheticWeights | None = None,
+        low_memory: bool = False,
     ):
         self.assets = assets
         self.name = name
@@ -86,18 +87,27 @@ class StableDiffusion:
         self.schedule = CompVisDenoiser(
             load_log_sigmas(log_sigmas_path) if log_sigmas_path else sd1_log_sigmas()
         )
+        #: Low-memory setting: the text encoder and the decoder are loaded for each use and released after it,
+        #: and the decoder runs plain convolution (the reference's options, no winograd/sgemm workspace).
+        #: Measured at 256x256 (benchmarks/RESULTS.md): peak RSS about 1.2 GB lower, decode about 3x slower.
+        self.low_memory = low_memory
         self.text_encoder = nets.TextEncoder.load(assets, threads=threads, synthetic=self._weights())
+        self._text_encoder_released = False
+        #: ncnn seconds of nets released by the low-memory setting (so timings stay complete).
+        self._released_ncnn = 0.0
         self._unet: tuple[tuple[int, int, int], nets.UNet] | None = None
         self._decoder: tuple[tuple[int, int], nets.VAEDecoder] | None = None
         self._lock = threading.Lock()
         self.timings = Timings()
 
     @classmethod
-    def load(cls, config: ModelConfig, *, threads: int | None = None) -> StableDiffusion:
+    def load(
+        cls, config: ModelConfig, *, threads: int | None = None, low_memory: bool = False
+    ) -> StableDiffusion:
         """Check a model's assets and load its tokenizer and text encoder; other nets load on first use."""
         assets = AssetSet.from_dir(config.asset_dir, config.backend)
         assets.check()
-        return cls(assets, name=config.name, threads=threads)
+        return cls(assets, name=config.name, threads=threads, low_memory=low_memory)
 
     @classmethod
     def from_dir(
@@ -107,12 +117,13 @@ class StableDiffusion:
         backend: str = "stablediffusion",
         threads: int | None = None,
         synthetic: nets.SyntheticWeights | None = None,
+        low_memory: bool = False,
     ) -> StableDiffusion:
         """Load straight from an asset directory (benchmarks and tests)."""
         assets = AssetSet.from_dir(asset_dir, backend)
         if synthetic is None:
             assets.check()
-        return cls(assets, name=asset_dir.name, threads=threads, synthetic=synthetic)
+        return cls(assets, name=asset_dir.name, threads=threads, synthetic=synthetic, low_memory=low_memory)
 
     def _weights(self) -> nets.SyntheticWeights | None:
         """A fresh synthetic weight stream per net, or None to read the .bin files."""
@@ -151,13 +162,23 @@ class StableDiffusion:
             self._decoder = (
                 key,
                 nets.VAEDecoder.load(
-                    self.assets, width, height, threads=self.threads, synthetic=self._weights()
+                    self.assets,
+                    width,
+                    height,
+                    threads=self.threads,
+                    synthetic=self._weights(),
+                    reference_options=self.low_memory,
                 ),
             )
         return self._decoder[1]
 
     def encode_prompt(self, text: str) -> np.ndarray:
         """Run each 77-token chunk through the text encoder, feeding back the previous output as ``cond``."""
+        if self._text_encoder_released:
+            self.text_encoder = nets.TextEncoder.load(
+                self.assets, threads=self.threads, synthetic=self._weights()
+            )
+            self._text_encoder_released = False
         cond = None
         for chunk in build_chunks(text, self.tokenizer):
             cond = self.text_encoder(
@@ -196,6 +217,9 @@ class StableDiffusion:
         cond = self.encode_prompt(request.prompt)
         uncond = self.encode_prompt(request.negative_prompt)
         self.text_encoder.release_memory()
+        if self.low_memory:
+            self._release(self.text_encoder)
+            self._text_encoder_released = True
         timings.encode = time.perf_counter() - t0
 
         # 3. Draw the sigmas and build the guided denoiser.
@@ -248,6 +272,9 @@ class StableDiffusion:
             )
             timings.decode += time.perf_counter() - t0
 
+        if self.low_memory and self._decoder is not None:
+            self._release(self._decoder[1])
+            self._decoder = None
         timings.total = time.perf_counter() - start
         timings.ncnn = self._ncnn_seconds() - ncnn_before
         self.timings = timings
@@ -256,4 +283,10 @@ class StableDiffusion:
     def _ncnn_seconds(self) -> float:
         """Seconds spent inside ncnn by every loaded net so far."""
         loaded = [self.text_encoder] + [entry[1] for entry in (self._unet, self._decoder) if entry]
-        return sum(net.ncnn_seconds for net in loaded)
+        return self._released_ncnn + sum(net.ncnn_seconds for net in loaded)
+
+    def _release(self, net: nets.NcnnModel) -> None:
+        """Close a net for the low-memory setting, keeping its ncnn time in the totals."""
+        self._released_ncnn += net.ncnn_seconds
+        net.ncnn_seconds = 0.0
+        net.close()
