@@ -42,6 +42,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """Run the benchmark and write the results files."""
     args = parse_args(argv)
+    if not args.assets.is_dir():
+        print(
+            f"asset dir {str(args.assets)!r} not found: pass --assets DIR (the .param files)", file=sys.stderr
+        )
+        return 2
     sizes, modes, steps, repeats = args.size or [256], args.mode or [1], args.steps, args.repeats
     if args.quick:
         sizes, modes, steps, repeats = [256], [1], 2, 1

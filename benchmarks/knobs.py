@@ -125,7 +125,9 @@ def main(argv: list[str]) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"knobs-{args.stem}.json"
     out.write_text(
-        json.dumps({"args": {**vars(args), "assets": str(args.assets)}, "results": found}, indent=2)
+        json.dumps(
+            {"args": {**vars(args), "assets": "/".join(args.assets.parts[-2:])}, "results": found}, indent=2
+        )
     )
     return 0
 

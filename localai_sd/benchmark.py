@@ -309,7 +309,8 @@ def results_document(target: Target, results: list[TrialResult], summaries: list
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
-        "target": asdict(target),
+        # Only the asset dir's last two parts: results files are shared, machine paths are not.
+        "target": {**asdict(target), "asset_dir": "/".join(Path(target.asset_dir).parts[-2:])},
         "trials": [{**asdict(r), "outside_ncnn": r.outside_ncnn} for r in results],
         "summary": [asdict(s) for s in summaries],
     }

@@ -83,6 +83,7 @@ def test_both_contenders_run_in_fresh_processes(tiny_assets: Path, tmp_path: Pat
     json_path, md_path = benchmark.write_results(tmp_path, "quick", doc, benchmark.markdown_table(summaries))
     data = json.loads(json_path.read_text())
     assert len(data["trials"]) == 2 and data["machine"]["cpus"] >= 1
+    assert not data["target"]["asset_dir"].startswith("/"), "no machine paths in shared results"
     assert "| 256 | 1 | localai | 1 |" in md_path.read_text()
 
 

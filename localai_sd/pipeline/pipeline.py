@@ -89,7 +89,7 @@ class StableDiffusion:
         )
         #: Low-memory setting: the text encoder and the decoder are loaded for each use and released after it,
         #: and the decoder runs plain convolution (the reference's options, no winograd/sgemm workspace).
-        #: Measured at 256x256 (benchmarks/RESULTS.md): peak RSS about 1.2 GB lower, decode about 3x slower.
+        #: Measured at 256x256 (benchmarks/RESULTS.md): peak RSS about 1.2 GB lower, decode about 6x slower.
         self.low_memory = low_memory
         self.text_encoder = nets.TextEncoder.load(assets, threads=threads, synthetic=self._weights())
         self._text_encoder_released = False
