@@ -57,6 +57,9 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     default_mode: int = 0
     default_steps: int = 15
+    #: Reload the text encoder per request and decode with plain convolutions, released after use:
+    #: about 1.2 GB less peak memory for a slower decode (benchmarks/RESULTS.md).
+    low_memory: bool = False
     #: How many loaded pipelines the server keeps warm.
     max_loaded_models: int = 1
     #: Generation workers; ncnn already uses every core, so one by default.
@@ -107,6 +110,8 @@ class Settings:
             values["preload_models_config"] = Path(v)
         if v := env.get("UPLOAD_LIMIT"):
             values["upload_limit_mb"] = parse_positive_int(v, "UPLOAD_LIMIT")
+        if env.get("LOW_MEMORY", "").lower() in ("1", "true", "yes"):
+            values["low_memory"] = True
         if v := env.get("BASE_URL"):
             values["base_url"] = v
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -46,3 +46,8 @@ def test_overrides_win_and_none_is_ignored() -> None:
 def test_bad_env_values(env: dict[str, str], match: str) -> None:
     with pytest.raises(InvalidRequest, match=match):
         Settings.from_env(env)
+
+
+def test_low_memory_from_env() -> None:
+    assert Settings.from_env({"LOW_MEMORY": "1"}).low_memory
+    assert not Settings.from_env({}).low_memory

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -75,7 +75,7 @@ def benchmark_command(
 ) -> None:
     """Measure load time, seconds per step and peak memory, each configuration in a fresh process."""
     target = resolve_target(model, models_path, assets, synthetic, threads, low_memory)
-    plan = {"sizes": size or [512], "modes": mode or [0], "steps": steps, "repeats": repeats}
+    plan: dict[str, Any] = {"sizes": size or [512], "modes": mode or [0], "steps": steps, "repeats": repeats}
     if quick:
         plan = dict(QUICK)
     for m in plan["modes"]:

@@ -71,6 +71,9 @@ def generate(
         "models"
     ),
     threads: Annotated[int | None, typer.Option(envvar="THREADS", min=1, help="ncnn threads.")] = None,
+    low_memory: Annotated[
+        bool, typer.Option("--low-memory", envvar="LOW_MEMORY", help="Less peak memory, slower decode.")
+    ] = False,
     preload_models: Annotated[
         str | None, typer.Option(envvar="PRELOAD_MODELS", help="JSON list of install requests to run first.")
     ] = None,
@@ -86,6 +89,7 @@ def generate(
     settings = Settings.from_env(
         models_path=models_path,
         threads=threads,
+        low_memory=low_memory or None,
         preload_models=preload_models,
         preload_models_config=preload_models_config,
     )
@@ -109,7 +113,7 @@ def generate(
         console.print(f"seed: {request.seed} (random)")
 
     with console.status(f"loading model {model!r}…"):
-        sd = StableDiffusion.load(config, threads=settings.threads)
+        sd = StableDiffusion.load(config, threads=settings.threads, low_memory=settings.low_memory)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -47,6 +47,7 @@ def build_settings(
     queue_size: int | None = None,
     max_loaded_models: int | None = None,
     workers: int | None = None,
+    low_memory: bool | None = None,
 ) -> Settings:
     """Settings from LocalAI's env vars, then the flags given (flags win)."""
     for name, value in (("threads", threads), ("upload-limit", upload_limit), ("image-ttl", image_ttl)):
@@ -80,6 +81,7 @@ def build_settings(
         queue_size=queue_size,
         max_loaded_models=max_loaded_models,
         workers=workers,
+        low_memory=low_memory or None,
     )
 
 
@@ -150,6 +152,12 @@ def register(app: typer.Typer) -> None:
                 envvar="GENERATION_WORKERS", help="Parallel generations [default: 1; ncnn uses all cores]"
             ),
         ] = None,
+        low_memory: Annotated[
+            bool,
+            typer.Option(
+                "--low-memory", envvar="LOW_MEMORY", help="Less peak memory, slower decode (see README)."
+            ),
+        ] = False,
     ) -> None:
         """Run the OpenAI-compatible image API (POST /v1/images/generations) and model management."""
         import uvicorn
@@ -174,6 +182,7 @@ def register(app: typer.Typer) -> None:
             queue_size=queue_size,
             max_loaded_models=max_loaded_models,
             workers=workers,
+            low_memory=low_memory,
         )
         host, port = parse_address(settings.address)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)

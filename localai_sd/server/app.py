@@ -47,7 +47,7 @@ def default_loader(settings: Settings) -> Loader:
         """Load the nets of ``config`` once."""
         from localai_sd.pipeline.pipeline import StableDiffusion
 
-        return StableDiffusion.load(config, threads=settings.threads)
+        return StableDiffusion.load(config, threads=settings.threads, low_memory=settings.low_memory)
 
     return load
 
