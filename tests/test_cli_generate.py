@@ -185,7 +185,7 @@ def test_real_architecture_non_square_from_base_params(synthetic_models: Path, t
     assert code == 0, output
     image = Image.open(out)
     assert image.size == (192, 128)
-    assert len(set(image.getdata())) > 1
+    assert any(low < high for low, high in image.getextrema())
 
 
 def test_low_memory_gives_an_image(tiny_models: Path, tmp_path: Path) -> None:
