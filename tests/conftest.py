@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from localai_sd.testing.fake_gallery import FakeGallery, TinyGallery, build_tiny_gallery
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +71,16 @@ def synthetic_models(tmp_path_factory: pytest.TempPathFactory, shared_assets: Pa
         encoding="utf-8",
     )
     return models
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> TinyGallery:
+    """A fake gallery of tiny models on disk (one per test module)."""
+    return build_tiny_gallery(tmp_path_factory.mktemp("gallery"))
+
+
+@pytest.fixture
+def server(tree: TinyGallery) -> Iterator[FakeGallery]:
+    """A loopback HTTP server serving ``tree``."""
+    with FakeGallery(tree.root) as fake:
+        yield fake

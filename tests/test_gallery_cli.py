@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,7 @@ from localai_sd.cli.app import build_app
 from localai_sd.cli.gallery import ensure_model
 from localai_sd.errors import GalleryError
 from localai_sd.settings import Gallery, Settings
-from localai_sd.testing.fake_gallery import FakeGallery, TinyGallery, build_tiny_gallery
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> TinyGallery:
-    return build_tiny_gallery(tmp_path_factory.mktemp("gallery"))
-
-
-@pytest.fixture
-def server(tree: TinyGallery) -> Iterator[FakeGallery]:
-    with FakeGallery(tree.root) as fake:
-        yield fake
+from localai_sd.testing.fake_gallery import FakeGallery, TinyGallery
 
 
 @pytest.fixture

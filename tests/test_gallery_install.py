@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,20 +25,9 @@ from localai_sd.gallery.install import InstallFailed, InstallRequest, install_mo
 from localai_sd.gallery.store import delete_model
 from localai_sd.models import list_models, load_config
 from localai_sd.settings import Gallery, Settings
-from localai_sd.testing.fake_gallery import FakeGallery, TinyGallery, build_tiny_gallery
+from localai_sd.testing.fake_gallery import FakeGallery, TinyGallery
 
 FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=3, backoff_base=0.01, backoff_max=0.05)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> TinyGallery:
-    return build_tiny_gallery(tmp_path_factory.mktemp("gallery"))
-
-
-@pytest.fixture
-def server(tree: TinyGallery) -> Iterator[FakeGallery]:
-    with FakeGallery(tree.root) as fake:
-        yield fake
 
 
 @pytest.fixture
