@@ -30,6 +30,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--mode", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--low-memory", action="store_true", help="the low-memory setting (nets load per phase)")
     args = parser.parse_args(argv)
 
     from localai_sd.pipeline import nets
@@ -44,12 +45,15 @@ def main(argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     stage("python + imports", t0)
-    sd = StableDiffusion.from_dir(args.assets.resolve(), synthetic=nets.SyntheticWeights())
+    sd = StableDiffusion.from_dir(
+        args.assets.resolve(), synthetic=nets.SyntheticWeights(), low_memory=args.low_memory
+    )
     stage("text encoder loaded", t0)
-    sd.unet(args.size, args.size, args.mode)
-    stage("unet loaded", t0)
-    sd.decoder(args.size, args.size)
-    stage("decoder loaded", t0)
+    if not args.low_memory:  # the low-memory setting loads each net inside the request
+        sd.unet(args.size, args.size, args.mode)
+        stage("unet loaded", t0)
+        sd.decoder(args.size, args.size)
+        stage("decoder loaded", t0)
     request = GenerationRequest.create("a cat | blurry", size=f"{args.size}x{args.size}", steps=args.steps,
                                        mode=args.mode, seed=1)  # fmt: skip
     sd.generate(request)

@@ -83,3 +83,32 @@ def test_every_sampler_and_schedule_with_one_step(sd: StableDiffusion) -> None:
         for schedule in SCHEDULES:
             (image,) = sd.generate(request(steps=1, sampler=sampler, schedule=schedule))
             assert image.width == 64 and image.png.startswith(b"\x89PNG")
+
+
+def test_low_memory_never_holds_two_big_nets(tiny_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Low-memory order: text encoder released before the UNet loads, decoder loaded after sampling."""
+    from localai_sd.pipeline import nets
+
+    low = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1, low_memory=True)
+    seen: list[str] = []
+    unet_load, decoder_load = nets.UNet.load, nets.VAEDecoder.load
+
+    def load_unet(*args: object, **kwargs: object) -> nets.UNet:
+        seen.append(f"unet (text encoder released: {low._text_encoder_released})")
+        return unet_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    def load_decoder(*args: object, **kwargs: object) -> nets.VAEDecoder:
+        assert low._unet is not None
+        seen.append(f"decoder after {low._unet[1].runs} unet runs")
+        return decoder_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nets.UNet, "load", load_unet)
+    monkeypatch.setattr(nets.VAEDecoder, "load", load_decoder)
+    low.generate(request(steps=2, n=2))
+    assert seen == [
+        "unet (text encoder released: True)",
+        "decoder after 4 unet runs",  # 2 steps x (cond + uncond), image 1
+        "decoder after 8 unet runs",  # released after image 1, reloaded for image 2
+    ]
+    assert low._decoder is None
+    low.close()
