@@ -30,7 +30,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--mode", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--low-memory", action="store_true", help="the low-memory setting (nets load per phase)")
+    parser.add_argument(
+        "--low-memory", action="store_true", help="the low-memory setting (nets load per phase)"
+    )
     args = parser.parse_args(argv)
 
     from localai_sd.pipeline import nets

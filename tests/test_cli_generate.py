@@ -190,6 +190,8 @@ def test_real_architecture_non_square_from_base_params(synthetic_models: Path, t
 
 def test_low_memory_gives_an_image(tiny_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "low.png"
-    code, output = generate(tiny_models, out, "--size", "128x128", "--step", "2", "--seed", "4", "--low-memory")
+    code, output = generate(
+        tiny_models, out, "--size", "128x128", "--step", "2", "--seed", "4", "--low-memory"
+    )
     assert code == 0, output
     assert Image.open(out).size == (128, 128)
