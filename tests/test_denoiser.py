@@ -153,3 +153,23 @@ def test_cfg_scale_one_skips_the_uncond_pass(schedule: CompVisDenoiser) -> None:
     out = model(np.zeros((4, 8, 8), np.float32), 1.0)
     np.testing.assert_allclose(out, -2.0)
     assert len(unet.calls) == 1
+
+
+def test_cfg_pair_replaces_the_two_calls(schedule: CompVisDenoiser) -> None:
+    """With ``pair`` the guided step makes one pair call and the same result as two unet calls."""
+    unet, pairs = RecordingUNet(), []
+    cond = np.full((77, 768), 2.0, np.float32)
+    uncond = np.full((77, 768), 0.5, np.float32)
+
+    def pair(x: np.ndarray, t: float, c: np.ndarray, u: np.ndarray, c_in: float, c_out: float) -> tuple:
+        pairs.append(t)
+        return unet(x, t, c, c_in, c_out), unet(x, t, u, c_in, c_out)
+
+    x = np.ones((4, 8, 8), np.float32)
+    expected = cfg_denoiser(RecordingUNet(), schedule, cond, uncond, cfg_scale=5.0)(x, 2.0)
+    np.testing.assert_array_equal(
+        cfg_denoiser(unet, schedule, cond, uncond, 5.0, pair=pair)(x, 2.0), expected
+    )
+    assert len(pairs) == 1 and len(unet.calls) == 2
+    cfg_denoiser(unet, schedule, cond, uncond, 1.0, pair=pair)(x, 2.0)
+    assert len(pairs) == 1 and len(unet.calls) == 3, "scale 1 needs only the cond pass"

@@ -103,6 +103,32 @@ def test_unet_contract(tiny: AssetSet) -> None:
     assert unet(x, 500.0, two_chunks, 0.5, -1.0).shape == x.shape
 
 
+@pytest.mark.parametrize("mode", [0, 1])
+def test_concurrent_pair_equals_two_calls(tiny: AssetSet, mode: int) -> None:
+    """pair() side by side gives exactly what two single calls give, and counts two runs."""
+    encoder = nets.TextEncoder.load(tiny, threads=1)
+    cond, uncond = encoder(_tokens(320, 5), np.ones(77)), encoder(_tokens(), np.ones(77))
+    x = _latent(256, 256)
+    plain = nets.UNet.load(tiny, 256, 256, mode=mode, threads=2)
+    side = nets.UNet.load(tiny, 256, 256, mode=mode, threads=2, concurrent_pairs=True)
+    assert (plain.lanes, plain.options.threads) == (1, 2)
+    assert (side.lanes, side.options.threads) == (2, 1)  # each lane gets its share of the cores
+    expected = (plain(x, 500.0, cond, 0.5, -1.0), plain(x, 500.0, uncond, 0.5, -1.0))
+    for unet in (plain, side):
+        runs = unet.runs
+        cond_d, uncond_d = unet.pair(x, 500.0, cond, uncond, 0.5, -1.0)
+        np.testing.assert_array_equal(cond_d, expected[0])
+        np.testing.assert_array_equal(uncond_d, expected[1])
+        assert unet.runs - runs == 2 and unet.ncnn_seconds > 0
+    with pytest.raises(InvalidRequest, match="latent"):
+        side.pair(x[:, :2], 500.0, cond, uncond, 0.5, -1.0)
+
+
+def test_concurrent_pairs_need_two_threads(tiny: AssetSet) -> None:
+    unet = nets.UNet.load(tiny, 64, 64, mode=0, threads=1, concurrent_pairs=True)
+    assert (unet.lanes, unet.options.threads) == (1, 1)
+
+
 def test_modes_agree_on_tiny_unet(tiny: AssetSet) -> None:
     cond = nets.TextEncoder.load(tiny, threads=1)(_tokens(320), np.ones(77))
     x = _latent(320, 192)

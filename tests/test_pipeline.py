@@ -112,3 +112,15 @@ def test_low_memory_never_holds_two_big_nets(tiny_models: Path, monkeypatch: pyt
     ]
     assert low._decoder is None
     low.close()
+
+
+def test_side_by_side_guidance_gives_the_same_images(tiny_models: Path) -> None:
+    """Running cond and uncond side by side (the default with 2+ threads) changes no pixel."""
+    config = load_config(tiny_models, "stablediffusion")
+    side, turn = (StableDiffusion.load(config, threads=2) for _ in range(2))
+    turn.parallel_guidance = False
+    images = [sd.generate(request(steps=3, n=2)) for sd in (side, turn)]
+    assert side.unet(64, 64, 0).lanes == 2 and turn.unet(64, 64, 0).lanes == 1
+    assert [i.png for i in images[0]] == [i.png for i in images[1]]
+    side.close()
+    turn.close()

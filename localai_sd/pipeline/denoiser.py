@@ -20,6 +20,10 @@ LOG_SIGMAS_DTYPE = np.dtype("<f4")
 
 # unet(x, t, cond, c_in, c_out) -> denoised latent; the EdVince UNet returns x + c_out * eps(c_in * x, t).
 UNetFn = Callable[[np.ndarray, float, np.ndarray, float, float], np.ndarray]
+# pair(x, t, cond, uncond, c_in, c_out) -> (cond_d, uncond_d): both guidance passes in one call.
+UNetPairFn = Callable[
+    [np.ndarray, float, np.ndarray, np.ndarray, float, float], tuple[np.ndarray, np.ndarray]
+]
 # model(x, sigma) -> denoised latent, what the samplers call (k-diffusion's denoiser interface).
 Denoiser = Callable[[np.ndarray, float], np.ndarray]
 
@@ -90,18 +94,32 @@ def unet_scalings(sigma: float) -> tuple[float, float]:
 
 
 def cfg_denoiser(
-    unet: UNetFn, schedule: CompVisDenoiser, cond: np.ndarray, uncond: np.ndarray, cfg_scale: float
+    unet: UNetFn,
+    schedule: CompVisDenoiser,
+    cond: np.ndarray,
+    uncond: np.ndarray,
+    cfg_scale: float,
+    *,
+    pair: UNetPairFn | None = None,
 ) -> Denoiser:
-    """Classifier-free guidance: denoised = uncond_d + scale * (cond_d - uncond_d); one pass when scale == 1."""
+    """Classifier-free guidance: denoised = uncond_d + scale * (cond_d - uncond_d); one pass when scale == 1.
+
+    ``pair``, when given, evaluates cond and uncond in one call (e.g. concurrently) instead of two ``unet`` calls.
+    """
 
     def model(x: np.ndarray, sigma: float) -> np.ndarray:
         """Denoise x at noise level sigma with guidance."""
         t = float(schedule.sigma_to_t(sigma))
         c_in, c_out = unet_scalings(sigma)
-        cond_d = np.asarray(unet(x, t, cond, c_in, c_out), dtype=np.float32)
         if cfg_scale == 1.0:
-            return cond_d
-        uncond_d = np.asarray(unet(x, t, uncond, c_in, c_out), dtype=np.float32)
+            return np.asarray(unet(x, t, cond, c_in, c_out), dtype=np.float32)
+        if pair is not None:
+            cond_d, uncond_d = (
+                np.asarray(d, dtype=np.float32) for d in pair(x, t, cond, uncond, c_in, c_out)
+            )
+        else:
+            cond_d = np.asarray(unet(x, t, cond, c_in, c_out), dtype=np.float32)
+            uncond_d = np.asarray(unet(x, t, uncond, c_in, c_out), dtype=np.float32)
         return uncond_d + np.float32(cfg_scale) * (cond_d - uncond_d)
 
     return model

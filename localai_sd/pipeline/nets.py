@@ -10,7 +10,8 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ncnn
@@ -267,26 +268,59 @@ class NcnnModel:
             raise RuntimeError(f"net {self.name!r} was closed")
         return self._net
 
-    def _run(self, feeds: dict[str, ncnn.Mat], outputs: tuple[str, ...]) -> list[np.ndarray]:
+    def _extractor(self) -> ncnn.Extractor:
+        """A fresh extractor on this net's pools (it runs on the thread count the net was loaded with)."""
+        extractor = self._require().create_extractor()
+        extractor.set_blob_allocator(self._pools[0])
+        extractor.set_workspace_allocator(self._pools[1])
+        return extractor
+
+    def _extract(
+        self, extractor: ncnn.Extractor, feeds: dict[str, ncnn.Mat], outputs: tuple[str, ...]
+    ) -> list[np.ndarray]:
         """Feed Mats and extract ``outputs`` as numpy copies; caller keeps the backing arrays alive."""
+        for blob, mat in feeds.items():
+            _check(extractor.input(blob, mat), f"{self.name}: cannot set input {blob!r}")
+        results = []
+        for blob in outputs:
+            ret, mat = extractor.extract(blob)
+            if ret != 0:
+                raise AssetError(f"{self.name}: ncnn failed to compute {blob!r} (returned {ret})")
+            results.append(np.array(mat, dtype=np.float32, copy=True))
+        extractor.clear()
+        return results
+
+    def _run(self, feeds: dict[str, ncnn.Mat], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        """One extraction with all of the net's threads, timed."""
         start = time.perf_counter()
         try:
-            extractor = self._require().create_extractor()
-            extractor.set_blob_allocator(self._pools[0])
-            extractor.set_workspace_allocator(self._pools[1])
-            for blob, mat in feeds.items():
-                _check(extractor.input(blob, mat), f"{self.name}: cannot set input {blob!r}")
-            results = []
-            for blob in outputs:
-                ret, mat = extractor.extract(blob)
-                if ret != 0:
-                    raise AssetError(f"{self.name}: ncnn failed to compute {blob!r} (returned {ret})")
-                results.append(np.array(mat, dtype=np.float32, copy=True))
-            extractor.clear()
+            return self._extract(self._extractor(), feeds, outputs)
         finally:
             self.ncnn_seconds += time.perf_counter() - start
             self.runs += 1
-        return results
+
+    def _run_concurrently(
+        self, jobs: list[dict[str, ncnn.Mat]], outputs: tuple[str, ...]
+    ) -> list[list[np.ndarray]]:
+        """Several extractions at once over the shared weights, each on the net's own thread count.
+
+        ncnn releases the GIL while it computes, so each job runs on its own cores with no OpenMP barriers
+        between the jobs; the pools are thread-safe. Results equal running the jobs one after another.
+        (ncnn's gemm and winograd layers split their work by the thread count given at load time, so a net
+        meant for this is loaded with its share of the cores, not all of them.)
+        """
+        start = time.perf_counter()
+        try:
+            extractors = [self._extractor() for _ in jobs]
+            with ThreadPoolExecutor(len(jobs), thread_name_prefix=f"ncnn-{self.net_name}") as pool:
+                futures = [
+                    pool.submit(self._extract, extractor, feeds, outputs)
+                    for extractor, feeds in zip(extractors, jobs, strict=True)
+                ]
+                return [future.result() for future in futures]
+        finally:
+            self.ncnn_seconds += time.perf_counter() - start
+            self.runs += len(jobs)
 
     def release_memory(self) -> None:
         """Free the pooled activations and workspace of past runs (weights stay; the next run re-allocates)."""
@@ -390,6 +424,8 @@ class UNet(_Sized):
     inputs = ("in0", "in1", "in2", "c_in", "c_out")
     outputs = ("outout",)
     net_name = "unet"
+    #: How many evaluations :meth:`pair` runs at once (2 when loaded with ``concurrent_pairs``).
+    lanes = 1
 
     @classmethod
     def load(
@@ -401,29 +437,58 @@ class UNet(_Sized):
         mode: int = 0,
         threads: int | None = None,
         synthetic: SyntheticWeights | None = None,
+        concurrent_pairs: bool = False,
     ) -> UNet:
-        """Load the UNet for a width x height image with the LocalAI ``mode`` options."""
-        return cls._sized(assets, width, height, unet_options(mode, threads), synthetic)
+        """Load the UNet for a width x height image with the LocalAI ``mode`` options.
 
-    def __call__(
+        ``concurrent_pairs`` loads it on half the threads so that :meth:`pair` runs cond and uncond side by
+        side (single calls then use half the cores); it has no effect with fewer than 2 threads.
+        """
+        options = unet_options(mode, threads)
+        lanes = 2 if concurrent_pairs and options.threads >= 2 else 1
+        options = replace(options, threads=options.threads // lanes)
+        model = cls._sized(assets, width, height, options, synthetic)
+        model.lanes = lanes
+        return model
+
+    def _feeds(
         self, latent: np.ndarray, t: float, cond: np.ndarray, c_in: float, c_out: float
-    ) -> np.ndarray:
-        """One UNet evaluation; returns the denoised latent (4, h, w)."""
+    ) -> dict[str, ncnn.Mat]:
+        """Checked input Mats for one evaluation (each owns its data)."""
         x = _as_float32(latent)
         _check_shape(x, self.latent_shape, "latent")
         context = _as_float32(cond)
         if context.ndim != 2 or context.shape[1] != EMBED_DIM or context.shape[0] % CONTEXT_LENGTH:
             raise InvalidRequest(f"cond has shape {context.shape}; expected (77*k, {EMBED_DIM})")
-        scalars = [_scalar(t), _scalar(c_in), _scalar(c_out)]
-        feeds = {
+        return {
             "in0": _owned_mat(x),
-            "in1": _owned_mat(scalars[0]),
+            "in1": _owned_mat(_scalar(t)),
             "in2": _owned_mat(context),
-            "c_in": _owned_mat(scalars[1]),
-            "c_out": _owned_mat(scalars[2]),
+            "c_in": _owned_mat(_scalar(c_in)),
+            "c_out": _owned_mat(_scalar(c_out)),
         }
-        (denoised,) = self._run(feeds, self.outputs)
+
+    def __call__(
+        self, latent: np.ndarray, t: float, cond: np.ndarray, c_in: float, c_out: float
+    ) -> np.ndarray:
+        """One UNet evaluation; returns the denoised latent (4, h, w)."""
+        (denoised,) = self._run(self._feeds(latent, t, cond, c_in, c_out), self.outputs)
         return denoised.reshape(self.latent_shape)
+
+    def pair(
+        self, latent: np.ndarray, t: float, cond: np.ndarray, uncond: np.ndarray, c_in: float, c_out: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The cond and uncond evaluations of one guided step: side by side when loaded for it, else in turn.
+
+        Same results as two calls; side by side was measured faster at 2 threads (no OpenMP barriers between
+        the cores; benchmarks/RESULTS.md) at the cost of a second set of activations.
+        """
+        jobs = [self._feeds(latent, t, c, c_in, c_out) for c in (cond, uncond)]
+        if self.lanes < 2:
+            cond_d, uncond_d = [self._run(feeds, self.outputs)[0] for feeds in jobs]
+        else:
+            (cond_d,), (uncond_d,) = self._run_concurrently(jobs, self.outputs)
+        return cond_d.reshape(self.latent_shape), uncond_d.reshape(self.latent_shape)
 
 
 class VAEDecoder(_Sized):

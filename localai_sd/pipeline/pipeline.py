@@ -92,6 +92,9 @@ class StableDiffusion:
         #: options, no winograd/sgemm workspace). Measured at 256x256 (benchmarks/RESULTS.md): peak RSS
         #: 7.24 -> 5.90 GB in mode 1 and 4.90 -> 3.56 GB in mode 0, decode about 6x slower.
         self.low_memory = low_memory
+        #: Run each step's cond and uncond UNet passes side by side, half the threads each (same results,
+        #: measured faster at 2 threads; costs a second activation set, so off in the low-memory setting).
+        self.parallel_guidance = not low_memory
         self.text_encoder = nets.TextEncoder.load(assets, threads=threads, synthetic=self._weights())
         self._text_encoder_released = False
         #: ncnn seconds of nets released by the low-memory setting (so timings stay complete).
@@ -148,7 +151,13 @@ class StableDiffusion:
             self._unet = (
                 key,
                 nets.UNet.load(
-                    self.assets, width, height, mode=mode, threads=self.threads, synthetic=self._weights()
+                    self.assets,
+                    width,
+                    height,
+                    mode=mode,
+                    threads=self.threads,
+                    synthetic=self._weights(),
+                    concurrent_pairs=self.parallel_guidance,
                 ),
             )
         return self._unet[1]
@@ -226,7 +235,8 @@ class StableDiffusion:
 
         # 3. Draw the sigmas and build the guided denoiser.
         sigmas = SCHEDULES[request.schedule](request.steps, self.schedule)
-        model = cfg_denoiser(unet, self.schedule, cond, uncond, request.cfg_scale)
+        pair = unet.pair if self.parallel_guidance else None
+        model = cfg_denoiser(unet, self.schedule, cond, uncond, request.cfg_scale, pair=pair)
         sampler = SAMPLERS[request.sampler]
         shape = (LATENT_CHANNELS, request.height // LATENT_FACTOR, request.width // LATENT_FACTOR)
 
