@@ -3,6 +3,7 @@
 Usage (from the repo root):
     python benchmarks/bench.py --assets ../shared/sd-ncnn/assets --synthetic --size 256 --mode 1 --repeats 3
     python benchmarks/bench.py --quick          # 256x256, mode 1, 2 steps, one pair
+    python benchmarks/bench.py --size 256 --peers   # then the UNet step through PyTorch / onnxruntime
 The same measurement is available as ``local-ai benchmark``.
 """
 
@@ -36,6 +37,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ours-only", action="store_true", help="skip the LocalAI-equivalent contender")
     parser.add_argument("--quick", action="store_true", help="256x256, mode 1, 2 steps, one pair")
     parser.add_argument("--stem", default=None, help="results file name (default: a timestamp)")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time the same UNet step in PyTorch fp32/bf16 and onnxruntime (benchmarks/peers.py)",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,6 +83,11 @@ def main(argv: list[str]) -> int:
     paths = benchmark.write_results(RESULTS_DIR, stem, document, table)
     print(table)
     print("wrote", *paths)
+    if args.peers:
+        import peers  # this script's folder is on sys.path
+
+        for size in sizes:
+            peers.main(["--assets", str(args.assets), "--size", str(size), "--stem", f"{stem}-{size}"])
     return 0
 
 

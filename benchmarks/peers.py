@@ -6,9 +6,9 @@ skipped with a message. Every engine runs in a fresh spawned process (so its pea
 engines alternate round-robin (A, B, C, A, B, C, ...) because this machine throttles in bursts.
 
 The peers build a diffusers ``UNet2DConditionModel`` with the SD 1.x configuration and random weights (same
-shapes as the ncnn UNet: 4x(H/8)x(W/8) latent, 77x768 context, 859.5 M parameters). One "run" is one UNet
-evaluation at batch 1; a sampling step is two runs (cond and uncond). ``torch-bf16-b2`` runs cond and uncond
-as one batch of 2, the way diffusers samples, and reports its time per pair.
+shapes as the ncnn UNet: 4x(H/8)x(W/8) latent, 77x768 context, 859.5 M parameters). One sampling step is the
+cond and the uncond evaluation: ``ncnn`` times our pipeline's step (``UNet.pair``, mode 1, the two side by
+side), the ``-b2`` engines one batch of 2 (the way diffusers samples), the others two batch-1 calls.
 
     python benchmarks/peers.py --size 256 --runs 3 --rounds 2
     python benchmarks/peers.py --engines ncnn,torch-bf16 --size 512
@@ -33,7 +33,7 @@ import numpy as np
 
 DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "sd-ncnn" / "assets"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ENGINES = ("ncnn", "torch-fp32", "torch-bf16", "torch-bf16-b2", "onnxruntime")
+ENGINES = ("ncnn", "torch-fp32", "torch-fp32-b2", "torch-bf16", "torch-bf16-b2", "onnxruntime")
 
 #: The SD 1.x UNet (CompVis v1 configuration) in diffusers' terms.
 SD1_UNET_CONFIG = {
@@ -71,16 +71,19 @@ def available(engine: str) -> str | None:
 
 
 def ncnn_runner(asset_dir: str, size: int, threads: int) -> Callable[[], object]:
-    """Our UNet (mode 1, synthetic weights of the real layout), one evaluation per call."""
+    """Our UNet step (mode 1, synthetic weights of the real layout): cond and uncond as the pipeline runs them."""
     from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
 
     assets = AssetSet.from_dir(asset_dir)
-    unet = nets.UNet.load(assets, size, size, mode=1, threads=threads, synthetic=nets.SyntheticWeights())
+    weights = nets.SyntheticWeights()
+    unet = nets.UNet.load(
+        assets, size, size, mode=1, threads=threads, synthetic=weights, concurrent_pairs=True
+    )
     rng = np.random.default_rng(0)
     latent = rng.standard_normal((4, size // 8, size // 8), dtype=np.float32)
     cond = rng.standard_normal((77, 768), dtype=np.float32) * 0.1
-    return lambda: unet(latent, 500.0, cond, 0.1, -7.0)
+    return lambda: unet.pair(latent, 500.0, cond, cond * 0.5, 0.1, -7.0)
 
 
 def torch_unet(dtype_name: str, threads: int) -> tuple[object, object]:
@@ -171,7 +174,7 @@ def worker(engine: str, asset_dir: str, size: int, threads: int, runs: int, cach
     elif engine == "onnxruntime":
         run = onnx_runner(size, threads, Path(cache))
     else:
-        dtype = "float32" if engine == "torch-fp32" else "bfloat16"
+        dtype = "float32" if engine.startswith("torch-fp32") else "bfloat16"
         run = torch_runner(dtype, size, threads, batch=2 if engine.endswith("-b2") else 1)
     load_s = time.perf_counter() - start
     run()  # warm-up: first-call allocations and kernel selection
@@ -185,7 +188,7 @@ def worker(engine: str, asset_dir: str, size: int, threads: int, runs: int, cach
 
 def per_step(engine: str, seconds: float) -> float:
     """Seconds per sampling step (cond + uncond) from one call's time."""
-    return seconds if engine.endswith("-b2") else 2 * seconds
+    return seconds if engine == "ncnn" or engine.endswith("-b2") else 2 * seconds
 
 
 def main(argv: list[str]) -> int:
@@ -199,6 +202,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per engine, interleaved")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "localai-sd-peers")
     parser.add_argument("--stem", default=time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder for the results files")
     args = parser.parse_args(argv)
     engines = []
     for engine in args.engines.split(","):
@@ -264,9 +268,9 @@ def main(argv: list[str]) -> int:
         )
     table = "\n".join(lines) + "\n"
     print("\n" + table)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS_DIR / f"peers-{args.stem}"
-    arguments = {**vars(args), "assets": "/".join(args.assets.parts[-2:]), "cache": None}
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"peers-{args.stem}"
+    arguments = {**vars(args), "assets": "/".join(args.assets.parts[-2:]), "cache": None, "results": None}
     document = {"args": arguments, "rows": rows, "results": found}
     stem.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str))
     stem.with_suffix(".md").write_text(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import typer
@@ -166,3 +167,40 @@ def test_benchmark_low_memory_target(tiny_assets: Path) -> None:
         target, sizes=[256], modes=[0], steps=1, repeats=1, contenders=(benchmark.OURS,)
     )
     assert result.request_s > 0 and result.ncnn_s > 0
+
+
+def _peers_module() -> ModuleType:
+    """benchmarks/peers.py loaded by path (it is a script, not a package module)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+    spec = importlib.util.spec_from_file_location("peers_script", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peers_script_times_our_step_and_writes_results(tiny_assets: Path, tmp_path: Path) -> None:
+    """benchmarks/peers.py with only the ncnn engine: a fresh process per round, JSON and table written."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+    command = [sys.executable, str(script), "--assets", str(tiny_assets), "--size", "64", "--engines", "ncnn"]
+    command += ["--runs", "2", "--rounds", "2", "--results", str(tmp_path), "--stem", "t"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "peers-t.json").read_text())
+    (row,) = document["rows"]
+    assert row["engine"] == "ncnn" and 0 < row["min_step_s"] <= row["median_step_s"]
+    assert [len(r["times"]) for r in document["results"]["ncnn"]] == [2, 2]
+    assert "| ncnn |" in (tmp_path / "peers-t.md").read_text()
+
+
+def test_peers_skip_engines_that_are_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    peers = _peers_module()
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import now raises ImportError
+    assert peers.available("onnxruntime") == "onnxruntime: skipped, 'onnxruntime' is not installed"
+    assert peers.available("ncnn") is None
+    assert peers.per_step("torch-bf16", 1.5) == 3.0 and peers.per_step("torch-bf16-b2", 1.5) == 1.5
