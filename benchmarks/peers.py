@@ -61,7 +61,7 @@ def peak_rss_gb() -> float:
 
 def available(engine: str) -> str | None:
     """None if the engine's packages import, else the reason it is skipped."""
-    needed = {"ncnn": ["ncnn"], "onnxruntime": ["torch", "diffusers", "onnxruntime", "onnx"]}
+    needed = {"ncnn": ["ncnn"], "onnxruntime": ["onnxruntime", "onnx", "torch", "diffusers"]}
     for module in needed.get(engine, ["torch", "diffusers"]):
         try:
             __import__(module)
