@@ -39,6 +39,8 @@ VARIANTS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     "no-wino63": ({"winograd63": False}, {}),
     "wino23-only": ({"winograd63": False, "winograd43": False}, {}),
     "bf16-no-wino63": ({"fp16": False, "bf16_storage": True, "winograd63": False}, {}),
+    # Our default step: cond and uncond side by side on half the threads each (UNet.pair).
+    "side-by-side": ({}, {}),
 }
 
 
@@ -54,11 +56,14 @@ def worker(asset_dir: str, net_name: str, size: int, mode: int, variant: str, ru
     base = nets.unet_options(mode) if net_name == "unet" else nets.decoder_options()
     options = dataclasses.replace(base, **overrides)
     start = time.perf_counter()
+    lanes = 2 if variant == "side-by-side" else 1
+    options = dataclasses.replace(options, threads=max(1, options.threads // lanes))
     text = assets.param_text(net_name, size, size)
     net = nets.load_net(text, net_name, nets.SyntheticWeights(), options)
     cls = nets.UNet if net_name == "unet" else nets.VAEDecoder
     model = cls(net, net_name, options)
     model.width = model.height = size
+    model.lanes = lanes
     load_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     latent = rng.standard_normal(model.latent_shape, dtype=np.float32)
@@ -67,8 +72,7 @@ def worker(asset_dir: str, net_name: str, size: int, mode: int, variant: str, ru
     for _ in range(runs):
         t0 = time.perf_counter()
         if net_name == "unet":
-            model(latent, 500.0, cond, 0.1, -7.0)
-            model(latent, 500.0, cond, 0.1, -7.0)
+            model.pair(latent, 500.0, cond, cond * 0.5, 0.1, -7.0)  # in turn unless side-by-side
         else:
             model(latent)
         times.append(time.perf_counter() - t0)

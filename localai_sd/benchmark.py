@@ -103,8 +103,7 @@ def run_ours(target: Target, spec: TrialSpec) -> TrialResult:
         synthetic=_synthetic(target),
         low_memory=target.low_memory,
     )
-    sd.unet(spec.size, spec.size, spec.mode)
-    sd.decoder(spec.size, spec.size)
+    sd.warm(spec.size, spec.size, spec.mode)
     load_s = time.perf_counter() - start
     request = GenerationRequest.create(
         PROMPT, size=f"{spec.size}x{spec.size}", steps=spec.steps, mode=spec.mode, seed=SEED

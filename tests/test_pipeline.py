@@ -124,3 +124,12 @@ def test_side_by_side_guidance_gives_the_same_images(tiny_models: Path) -> None:
     assert [i.png for i in images[0]] == [i.png for i in images[1]]
     side.close()
     turn.close()
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_warm_loads_what_the_setting_keeps(tiny_models: Path, low_memory: bool) -> None:
+    sd = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1, low_memory=low_memory)
+    sd.warm(64, 64, 0)
+    assert sd._unet is not None and sd._unet[0] == (64, 64, 0)
+    assert (sd._decoder is None) is low_memory, "the low-memory setting loads the decoder per image"
+    sd.close()

@@ -182,6 +182,13 @@ class StableDiffusion:
             )
         return self._decoder[1]
 
+    def warm(self, width: int, height: int, mode: int) -> None:
+        """Load the nets this setting keeps between requests: UNet and decoder, or the UNet alone (low memory)."""
+        with self._lock:
+            self.unet(width, height, mode)
+            if not self.low_memory:
+                self.decoder(width, height)
+
     def encode_prompt(self, text: str) -> np.ndarray:
         """Run each 77-token chunk through the text encoder, feeding back the previous output as ``cond``."""
         if self._text_encoder_released:
