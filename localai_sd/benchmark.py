@@ -265,8 +265,23 @@ def markdown_table(summaries: list[Summary]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+#: CPU features that decide which ncnn / PyTorch kernels run (AVX-512 and its bf16/VNNI parts above all).
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16")
+
+
+def cpu_description(cpuinfo: str) -> dict[str, object]:
+    """CPU model name and the ISA_FLAGS present, from the text of Linux's /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name", "unknown"), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
 def machine_info() -> dict[str, object]:
-    """CPU count, platform and ncnn version, recorded with every results file."""
+    """CPU count, model and features, platform and ncnn version, recorded with every results file."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -274,8 +289,13 @@ def machine_info() -> dict[str, object]:
     except PackageNotFoundError:
         ncnn_version = "unknown"
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        cpu = cpu_description(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        cpu = {"cpu": "unknown", "isa": []}
     return {
         "cpus": cpus,
+        **cpu,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),

@@ -204,3 +204,15 @@ def test_peers_skip_engines_that_are_not_installed(monkeypatch: pytest.MonkeyPat
     assert peers.available("onnxruntime") == "onnxruntime: skipped, 'onnxruntime' is not installed"
     assert peers.available("ncnn") is None
     assert peers.per_step("torch-bf16", 1.5) == 3.0 and peers.per_step("torch-bf16-b2", 1.5) == 1.5
+
+
+def test_cpu_description_reads_model_and_isa() -> None:
+    cpuinfo = (
+        "processor\t: 0\nmodel name\t: AMD EPYC 9004\nflags\t\t: fpu avx2 fma f16c avx512f avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n"
+    )
+    assert benchmark.cpu_description(cpuinfo) == {
+        "cpu": "AMD EPYC 9004",
+        "isa": ["avx2", "fma", "f16c", "avx512f", "avx512_bf16"],
+    }
+    assert benchmark.cpu_description("") == {"cpu": "unknown", "isa": []}
