@@ -39,6 +39,9 @@ VARIANTS: dict[str, tuple[dict[str, object], dict[str, str]]] = {
     "no-wino63": ({"winograd63": False}, {}),
     "wino23-only": ({"winograd63": False, "winograd43": False}, {}),
     "bf16-no-wino63": ({"fp16": False, "bf16_storage": True, "winograd63": False}, {}),
+    # Plain convolution (no winograd/sgemm workspace), the low-memory decoder: fp16 storage, or the reference's bf16.
+    "plain": ({"winograd": False, "sgemm": False}, {}),
+    "plain-bf16": ({"winograd": False, "sgemm": False, "fp16": False, "bf16_storage": True}, {}),
     # Our default step: cond and uncond side by side on half the threads each (UNet.pair).
     "side-by-side": ({}, {}),
 }

@@ -132,4 +132,6 @@ def test_warm_loads_what_the_setting_keeps(tiny_models: Path, low_memory: bool) 
     sd.warm(64, 64, 0)
     assert sd._unet is not None and sd._unet[0] == (64, 64, 0)
     assert (sd._decoder is None) is low_memory, "the low-memory setting loads the decoder per image"
+    assert sd._text_encoder_released is low_memory, "nor does it keep the text encoder beside the UNet"
+    assert len(sd.generate(request())) == 1  # the text encoder comes back for the request
     sd.close()

@@ -185,6 +185,9 @@ class StableDiffusion:
     def warm(self, width: int, height: int, mode: int) -> None:
         """Load the nets this setting keeps between requests: UNet and decoder, or the UNet alone (low memory)."""
         with self._lock:
+            if self.low_memory and not self._text_encoder_released:
+                self._release(self.text_encoder)  # never beside the UNet; the next request reloads it
+                self._text_encoder_released = True
             self.unet(width, height, mode)
             if not self.low_memory:
                 self.decoder(width, height)
