@@ -141,7 +141,7 @@ def onnx_path(size: int, cache: Path, threads: int) -> Path:
     partial = cache / f"sd1-unet-{size}.partial"
     partial.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():
-        program = torch.onnx.export(Wrapped(), inputs, dynamo=True)
+        program = torch.onnx.export(Wrapped().eval(), inputs, dynamo=True)
     program.save(str(partial / "unet.onnx"), external_data=True)
     partial.rename(folder)  # the model names its data file relatively, so the folder moves as one
     return folder / "unet.onnx"

@@ -90,7 +90,7 @@ class StableDiffusion:
         #: Low-memory setting: the text encoder and the decoder are loaded for each use and released after it
         #: (so only the UNet's weights stay resident), and the decoder runs plain convolution (the reference's
         #: options, no winograd/sgemm workspace). Measured at 256x256 (benchmarks/RESULTS.md): peak RSS
-        #: 7.24 -> 5.90 GB in mode 1 and 4.90 -> 3.56 GB in mode 0, decode about 6x slower.
+        #: 7.32 -> 5.88 GB in mode 1 and 5.00 -> 3.55 GB in mode 0, decode about 6-9x slower.
         self.low_memory = low_memory
         #: Run each step's cond and uncond UNet passes side by side, half the threads each (same results,
         #: measured faster at 2 threads; costs a second activation set, so off in the low-memory setting).
@@ -245,8 +245,7 @@ class StableDiffusion:
 
         # 3. Draw the sigmas and build the guided denoiser.
         sigmas = SCHEDULES[request.schedule](request.steps, self.schedule)
-        pair = unet.pair if self.parallel_guidance else None
-        model = cfg_denoiser(unet, self.schedule, cond, uncond, request.cfg_scale, pair=pair)
+        model = cfg_denoiser(unet, self.schedule, cond, uncond, request.cfg_scale, pair=unet.pair)
         sampler = SAMPLERS[request.sampler]
         shape = (LATENT_CHANNELS, request.height // LATENT_FACTOR, request.width // LATENT_FACTOR)
 
