@@ -119,9 +119,11 @@ def test_side_by_side_guidance_gives_the_same_images(tiny_models: Path) -> None:
     config = load_config(tiny_models, "stablediffusion")
     side, turn = (StableDiffusion.load(config, threads=2) for _ in range(2))
     turn.parallel_guidance = False
-    images = [sd.generate(request(steps=3, n=2)) for sd in (side, turn)]
+    long_prompt = ", ".join(["a photo of a cat"] * 30) + "|blurry"  # cond 154 rows, uncond 77
+    requests = [request(steps=3, n=2), GenerationRequest.create(long_prompt, size="64x64", steps=2, seed=5)]
+    images = [[i.png for r in requests for i in sd.generate(r)] for sd in (side, turn)]
     assert side.unet(64, 64, 0).lanes == 2 and turn.unet(64, 64, 0).lanes == 1
-    assert [i.png for i in images[0]] == [i.png for i in images[1]]
+    assert images[0] == images[1] and len(images[0]) == 3
     side.close()
     turn.close()
 
