@@ -99,7 +99,7 @@ class StableDiffusion:
         self._text_encoder_released = False
         #: ncnn seconds of nets released by the low-memory setting (so timings stay complete).
         self._released_ncnn = 0.0
-        self._unet: tuple[tuple[int, int, int], nets.UNet] | None = None
+        self._unet: tuple[tuple[int, int, int, bool], nets.UNet] | None = None
         self._decoder: tuple[tuple[int, int], nets.VAEDecoder] | None = None
         self._lock = threading.Lock()
         self.timings = Timings()
@@ -141,9 +141,14 @@ class StableDiffusion:
             self._unet = self._decoder = None
             self.text_encoder.close()
 
-    def unet(self, width: int, height: int, mode: int) -> nets.UNet:
-        """The UNet for this size and mode, loaded once; a different one replaces it to bound memory."""
-        key = (width, height, mode)
+    def unet(self, width: int, height: int, mode: int, *, guided: bool = True) -> nets.UNet:
+        """The UNet for this size and mode, loaded once; a different one replaces it to bound memory.
+
+        ``guided`` (two passes per step, cfg_scale != 1) loads it for side-by-side pairs when the setting
+        allows; an unguided request gets a UNet on all the threads, since its single pass cannot be split.
+        """
+        side_by_side = self.parallel_guidance and guided and (self.threads or nets.default_threads()) >= 2
+        key = (width, height, mode, side_by_side)
         if self._unet is None or self._unet[0] != key:
             if self._unet is not None:
                 self._unet[1].close()
@@ -157,7 +162,7 @@ class StableDiffusion:
                     mode=mode,
                     threads=self.threads,
                     synthetic=self._weights(),
-                    concurrent_pairs=self.parallel_guidance,
+                    concurrent_pairs=side_by_side,
                 ),
             )
         return self._unet[1]
@@ -240,7 +245,7 @@ class StableDiffusion:
 
         # 2. Load (or reuse) the UNet for this size and mode; the decoder loads after sampling.
         t0 = time.perf_counter()
-        unet = self.unet(request.width, request.height, request.mode)
+        unet = self.unet(request.width, request.height, request.mode, guided=request.cfg_scale != 1.0)
         timings.load = time.perf_counter() - t0
 
         # 3. Draw the sigmas and build the guided denoiser.
