@@ -59,14 +59,15 @@ def worker(asset_dir: str, net_name: str, size: int, mode: int, variant: str, ru
     base = nets.unet_options(mode) if net_name == "unet" else nets.decoder_options()
     options = dataclasses.replace(base, **overrides)
     start = time.perf_counter()
-    lanes = 2 if variant == "side-by-side" else 1
+    lanes = 2 if variant == "side-by-side" and net_name == "unet" else 1
     options = dataclasses.replace(options, threads=max(1, options.threads // lanes))
     text = assets.param_text(net_name, size, size)
     net = nets.load_net(text, net_name, nets.SyntheticWeights(), options)
     cls = nets.UNet if net_name == "unet" else nets.VAEDecoder
     model = cls(net, net_name, options)
     model.width = model.height = size
-    model.lanes = lanes
+    if isinstance(model, nets.UNet):
+        model.lanes = lanes
     load_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     latent = rng.standard_normal(model.latent_shape, dtype=np.float32)

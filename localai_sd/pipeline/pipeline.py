@@ -204,15 +204,8 @@ class StableDiffusion:
                 self.assets, threads=self.threads, synthetic=self._weights()
             )
             self._text_encoder_released = False
-        cond = None
-        for chunk in build_chunks(text, self.tokenizer):
-            cond = self.text_encoder(
-                np.asarray(chunk.tokens, dtype=np.int32),
-                np.asarray(chunk.multipliers, dtype=np.float32),
-                cond,
-            )
-        assert cond is not None, "build_chunks always yields at least one chunk"
-        return cond
+        chunks = build_chunks(text, self.tokenizer)
+        return self.text_encoder.encode([(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks])
 
     def generate(
         self,
