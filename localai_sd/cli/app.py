@@ -41,6 +41,30 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def version_text() -> str:
+    """``local-ai <version>`` from the installed package metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"local-ai {version('localai-sd')}"
+    except PackageNotFoundError:
+        return "local-ai (version unknown: the package is not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Stable Diffusion on the CPU through ncnn: LocalAI-compatible CLI and OpenAI-compatible server."""
+
+
 def build_app() -> typer.Typer:
     """Build the ``local-ai`` app with every command registered."""
     from localai_sd.cli import benchmark, gallery, generate, serve
@@ -52,6 +76,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    app.callback()(_root)
     for module in (generate, gallery, serve, benchmark):
         module.register(app)
     return app

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,13 +16,18 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from localai_sd.cli.app import handle_errors, stderr_console
 from localai_sd.errors import OutputError
 from localai_sd.models import load_config
 from localai_sd.pipeline.output import write_file_atomic
 from localai_sd.pipeline.request import GenerationRequest
+from localai_sd.pipeline.sampler_names import resolve_sampler, resolve_schedule, sampler_rows
 from localai_sd.settings import Settings
+
+#: A1111, sd.cpp and LocalAI spell "a random seed" as -1.
+RANDOM_SEED = -1
 
 
 def output_paths(output: Path | None, seeds: list[int]) -> list[Path]:
@@ -56,11 +62,21 @@ def generate(
         int | None, typer.Option("--step", "--steps", help="Sampling steps (default 15).")
     ] = None,
     mode: Annotated[int, typer.Option(help="0: low memory; 1: winograd/sgemm convolutions (faster).")] = 0,
-    seed: Annotated[int | None, typer.Option(help="0 … 2**32-1; random when omitted.")] = None,
-    sampler: Annotated[str, typer.Option(help="euler_a, euler, heun, dpm2, lms, dpmpp_2m, ...")] = "euler_a",
+    seed: Annotated[
+        int | None, typer.Option(help="0 … 2**32-1; random when omitted or -1 (the seed used is printed).")
+    ] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option("--negative-prompt", help="Negative prompt (joined to any text after '|').")
+    ] = None,
+    sampler: Annotated[
+        str,
+        typer.Option(
+            help="euler_a, dpmpp_2m, ... or A1111/sd.cpp names ('Euler a', 'DPM++ 2M Karras'); 'list' lists them."
+        ),
+    ] = "euler_a",
     schedule: Annotated[
-        str, typer.Option(help="default (the reference's), karras or exponential.")
-    ] = "default",
+        str | None, typer.Option(help="default (the reference's), karras or exponential.")
+    ] = None,
     cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
     n: Annotated[int, typer.Option(help="Number of images; they use seed, seed+1, ...")] = 1,
     output: Annotated[
@@ -85,7 +101,11 @@ def generate(
     from localai_sd.cli.gallery import ensure_model, run_preload
     from localai_sd.pipeline.pipeline import StableDiffusion
 
+    if sampler.strip().lower() == "list":
+        print_samplers()
+        return
     console = stderr_console()
+    choice = resolve_sampler(sampler)
     settings = Settings.from_env(
         models_path=models_path,
         threads=threads,
@@ -98,12 +118,13 @@ def generate(
     config = load_config(settings.models_path, model)
     request = GenerationRequest.create(
         prompt,
+        negative_prompt=negative_prompt,
         size=size,
         steps=step if step is not None else config.step,
         mode=mode,
-        seed=seed,
-        sampler=sampler,
-        schedule=schedule,
+        seed=None if seed == RANDOM_SEED else seed,
+        sampler=choice.sampler,
+        schedule=resolve_schedule(schedule) if schedule is not None else choice.schedule,
         cfg_scale=cfg_scale,
         n=n,
     )
@@ -139,6 +160,26 @@ def generate(
         typer.echo(f"{path} (seed {image.seed})")
 
 
+def print_samplers() -> None:
+    """Print each sampler with its A1111 and sd.cpp names."""
+    table = Table(
+        "sampler",
+        "A1111 name",
+        "sd.cpp name",
+        caption="An A1111 name + Karras/Exponential sets the schedule too.",
+    )
+    for row in sampler_rows():
+        table.add_row(*row)
+    Console().print(table)
+
+
+def samplers() -> None:
+    """List the samplers and the names from A1111 and sd.cpp that select them."""
+    print_samplers()
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``generate`` command."""
+    """Add the ``generate`` command, its Ollama-style alias ``run``, and ``samplers``."""
     app.command("generate")(handle_errors(generate))
+    app.command("run", help="Alias of generate (Ollama's verb).")(handle_errors(generate))
+    app.command("samplers")(handle_errors(samplers))
