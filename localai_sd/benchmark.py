@@ -15,8 +15,8 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 #: The two contenders: our warm pipeline, and LocalAI's per-request load of every net.
@@ -46,6 +46,14 @@ class Target:
     threads: int | None = None
     #: Our pipeline's low-memory setting (text encoder and decoder loaded per use, plain-conv decoder).
     low_memory: bool = False
+
+
+#: Progress from inside a trial: (phase, step done, steps); phase is "load", "encode", "sample" or "decode".
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(phase: str, step: int, steps: int) -> None:
+    """The default progress callback: report nothing."""
 
 
 @dataclass(frozen=True)
@@ -90,11 +98,12 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / GB
 
 
-def run_ours(target: Target, spec: TrialSpec) -> TrialResult:
+def run_ours(target: Target, spec: TrialSpec, progress: Progress = _no_progress) -> TrialResult:
     """Our path: load the pipeline first (untimed for the request), then time one warm request."""
     from localai_sd.pipeline.pipeline import StableDiffusion
     from localai_sd.pipeline.request import GenerationRequest
 
+    progress("load", 0, spec.steps)
     start = time.perf_counter()
     sd = StableDiffusion.from_dir(
         Path(target.asset_dir),
@@ -108,8 +117,9 @@ def run_ours(target: Target, spec: TrialSpec) -> TrialResult:
     request = GenerationRequest.create(
         PROMPT, size=f"{spec.size}x{spec.size}", steps=spec.steps, mode=spec.mode, seed=SEED
     )
+    progress("encode", 0, spec.steps)
     start = time.perf_counter()
-    sd.generate(request)
+    sd.generate(request, on_step=lambda event: progress("sample", event.step, event.steps))
     request_s = time.perf_counter() - start
     t = sd.timings
     sd.close()
@@ -118,7 +128,7 @@ def run_ours(target: Target, spec: TrialSpec) -> TrialResult:
     )
 
 
-def run_localai(target: Target, spec: TrialSpec) -> TrialResult:
+def run_localai(target: Target, spec: TrialSpec, progress: Progress = _no_progress) -> TrialResult:
     """LocalAI-equivalent: load every net (img2img encoder too, reference decoder options), euler_a, release."""
     import numpy as np
 
@@ -132,6 +142,7 @@ def run_localai(target: Target, spec: TrialSpec) -> TrialResult:
     from localai_sd.pipeline.tokenizer import ClipTokenizer
 
     weights = _synthetic(target)
+    progress("load", 0, spec.steps)
     start = time.perf_counter()
     assets = AssetSet.from_dir(target.asset_dir, target.backend)
     tokenizer = ClipTokenizer(assets.vocab_path)
@@ -146,6 +157,7 @@ def run_localai(target: Target, spec: TrialSpec) -> TrialResult:
         loaded.append(nets.VAEEncoder.load(assets, ENCODER_SIZE, ENCODER_SIZE, **common))
     load_s = time.perf_counter() - start
 
+    progress("encode", 0, spec.steps)
     t0 = time.perf_counter()
     positive, negative = split_negative(PROMPT)
     text_encoder = loaded[0]
@@ -164,9 +176,12 @@ def run_localai(target: Target, spec: TrialSpec) -> TrialResult:
     rng = np.random.Generator(np.random.PCG64(SEED))
     shape = (nets.LATENT_CHANNELS, spec.size // nets.VAE_SCALE, spec.size // nets.VAE_SCALE)
     x = rng.standard_normal(shape, dtype=np.float32) * np.float32(sigmas[0])
-    latent = SAMPLERS[REFERENCE_SAMPLER](model, x, sigmas, rng=rng, callback=None)
+    latent = SAMPLERS[REFERENCE_SAMPLER](
+        model, x, sigmas, rng=rng, callback=lambda info: progress("sample", info["i"] + 1, spec.steps)
+    )
     sample_s = time.perf_counter() - t0
 
+    progress("decode", spec.steps, spec.steps)
     t0 = time.perf_counter()
     encode_png(decoder_to_pixels(decoder(latent)), "")
     decode_s = time.perf_counter() - t0
@@ -179,21 +194,57 @@ def run_localai(target: Target, spec: TrialSpec) -> TrialResult:
     )
 
 
-RUNNERS: dict[str, Callable[[Target, TrialSpec], TrialResult]] = {OURS: run_ours, LOCALAI: run_localai}
+RUNNERS: dict[str, Callable[[Target, TrialSpec, Progress], TrialResult]] = {
+    OURS: run_ours,
+    LOCALAI: run_localai,
+}
 
 
-def run_trial(target: Target, spec: TrialSpec) -> TrialResult:
+def run_trial(target: Target, spec: TrialSpec, progress: Progress = _no_progress) -> TrialResult:
     """Run one trial in-process (used inside the fresh worker process)."""
     if spec.contender not in RUNNERS:
         raise ValueError(f"contender {spec.contender!r} is unknown: use one of {', '.join(CONTENDERS)}")
-    return RUNNERS[spec.contender](target, spec)
+    return RUNNERS[spec.contender](target, spec, progress)
 
 
-def run_isolated(target: Target, spec: TrialSpec) -> TrialResult:
-    """Run one trial in a freshly spawned process, so its peak RSS is its own."""
+def _trial_child(target: Target, spec: TrialSpec, conn: Connection) -> None:
+    """Body of the fresh process: run the trial, sending progress and then the result (or the error)."""
+    try:
+        result = run_trial(
+            target, spec, lambda phase, step, steps: conn.send(("progress", phase, step, steps))
+        )
+        conn.send(("result", result))
+    except BaseException as exc:  # reported to the parent, which raises it there
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def run_isolated(target: Target, spec: TrialSpec, progress: Progress = _no_progress) -> TrialResult:
+    """Run one trial in a freshly spawned process, so its peak RSS is its own; relay its progress."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(run_trial, target, spec).result()
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_trial_child, args=(target, spec, sender), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        while True:
+            try:
+                message = receiver.recv()
+            except EOFError:
+                child.join()
+                raise RuntimeError(
+                    f"the {spec.contender} trial process died (exit code {child.exitcode})"
+                ) from None
+            if message[0] == "progress":
+                progress(*message[1:])
+            elif message[0] == "result":
+                return message[1]
+            else:
+                raise RuntimeError(f"the {spec.contender} trial failed: {message[1]}")
+    finally:
+        receiver.close()
+        child.join()
 
 
 def interleaved_specs(
@@ -312,11 +363,21 @@ def run_benchmark(
     repeats: int,
     contenders: tuple[str, ...] = CONTENDERS,
     on_result: Callable[[TrialResult], None] | None = None,
+    on_progress: Callable[[int, int, TrialSpec, str, int, int], None] | None = None,
 ) -> list[TrialResult]:
-    """Run every trial, interleaved, each in a fresh process; report each result as it lands."""
+    """Run every trial, interleaved, each in a fresh process; report progress and each result as it lands.
+
+    ``on_progress(trial, trials, spec, phase, step, steps)`` is called as the trial's process reports.
+    """
     results = []
-    for spec in interleaved_specs(sizes, modes, steps, repeats, contenders):
-        result = run_isolated(target, spec)
+    specs = list(interleaved_specs(sizes, modes, steps, repeats, contenders))
+    for number, spec in enumerate(specs, 1):
+
+        def progress(phase: str, step: int, total: int, number: int = number, spec: TrialSpec = spec) -> None:
+            if on_progress is not None:
+                on_progress(number, len(specs), spec, phase, step, total)
+
+        result = run_isolated(target, spec, progress)
         results.append(result)
         if on_result is not None:
             on_result(result)

@@ -161,6 +161,32 @@ def test_low_memory_pipeline_releases_and_reloads(tiny_assets: Path) -> None:
     sd.close()
 
 
+def test_trials_report_progress_per_phase_and_step(tiny_assets: Path) -> None:
+    """Each trial's fresh process reports load, encode, every sampling step and decode as they happen."""
+    target = benchmark.Target(str(tiny_assets), threads=1)
+    events: list[tuple[int, int, str, str, int, int]] = []
+    benchmark.run_benchmark(
+        target,
+        sizes=[64],
+        modes=[1],
+        steps=3,
+        repeats=1,
+        on_progress=lambda n, total, spec, phase, step, steps: events.append(
+            (n, total, spec.contender, phase, step, steps)
+        ),
+    )
+    for number, contender in ((1, "ours"), (2, "localai")):
+        mine = [e[3:] for e in events if e[0] == number and e[2] == contender]
+        assert mine[0] == ("load", 0, 3)
+        assert [e for e in mine if e[0] == "sample"] == [("sample", 1, 3), ("sample", 2, 3), ("sample", 3, 3)]
+    assert {e[1] for e in events} == {2}
+
+
+def test_a_trial_that_fails_is_reported_not_hung(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="the ours trial failed"):
+        benchmark.run_isolated(benchmark.Target(str(tmp_path)), benchmark.TrialSpec("ours", 64, 1, 1))
+
+
 def test_benchmark_low_memory_target(tiny_assets: Path) -> None:
     target = benchmark.Target(str(tiny_assets), threads=1, low_memory=True)
     (result,) = benchmark.run_benchmark(

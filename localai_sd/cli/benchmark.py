@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from localai_sd import benchmark
 from localai_sd.cli.app import handle_errors, stderr_console
@@ -94,7 +95,29 @@ def benchmark_command(
             highlight=False,
         )
 
-    results = benchmark.run_benchmark(target, contenders=contenders, on_result=show, **plan)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def on_progress(
+            number: int, trials: int, spec: benchmark.TrialSpec, phase: str, step: int, steps: int
+        ) -> None:
+            bar.update(
+                task,
+                completed=step,
+                total=steps,
+                description=f"trial {number}/{trials}: {spec.contender} {spec.size}x{spec.size} "
+                f"mode {spec.mode}, {phase}",
+            )
+
+        results = benchmark.run_benchmark(
+            target, contenders=contenders, on_result=show, on_progress=on_progress, **plan
+        )
     summaries = benchmark.summarize(results)
     table = benchmark.markdown_table(summaries)
     Console().print(table, highlight=False, markup=False)
