@@ -24,14 +24,33 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+#: What ``open(path, "w")`` asks for before the umask: read and write for everyone.
+DEFAULT_FILE_MODE = 0o666
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc/self/status``), else by a swap."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the classic swap (not thread-safe, hence the fallback only)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a fsynced temporary file and an atomic rename.
 
     The directory must exist. Raises OSError on failure; then the temporary file is removed and
-    ``path`` is untouched (old content or absent), never half-written.
+    ``path`` is untouched (old content or absent), never half-written. The file gets the mode any other
+    tool's new file would (0666 less the umask), not mkstemp's private 0600.
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, DEFAULT_FILE_MODE & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
