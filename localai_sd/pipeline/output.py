@@ -34,8 +34,15 @@ def infotext(
     width: int,
     height: int,
     model: str,
+    denoising_strength: float | None = None,
+    mask_blur: float | None = None,
+    masked_padding: int | None = None,
 ) -> str:
-    """The A1111 infotext: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs."""
+    """The A1111 infotext: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs.
+
+    Edits add A1111's img2img fields after ``Model``: ``Denoising strength``, then for a mask ``Mask blur``
+    and, for "only masked", ``Inpaint area: Only masked`` and ``Masked area padding``.
+    """
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
@@ -48,6 +55,13 @@ def infotext(
         "Size": f"{width}x{height}",
         "Model": model,
     }
+    if denoising_strength is not None:
+        pairs["Denoising strength"] = f"{denoising_strength:g}"
+    if mask_blur is not None:
+        pairs["Mask blur"] = f"{mask_blur:g}"
+    if masked_padding is not None:
+        pairs["Inpaint area"] = "Only masked"
+        pairs["Masked area padding"] = masked_padding
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
     return "\n".join(lines)
 

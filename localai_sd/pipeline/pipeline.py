@@ -7,14 +7,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
-from localai_sd.errors import Cancelled
+from localai_sd.errors import Cancelled, InvalidRequest
 from localai_sd.models import ModelConfig
 from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
 from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+from localai_sd.pipeline.img2img import (
+    EditSpec,
+    PreparedEdit,
+    blend_latent,
+    encoder_rng,
+    finish_pixels,
+    img2img_sigmas,
+    initial_latent,
+    masked_denoiser,
+    pixels_to_encoder,
+    prepare_edit,
+    sample_latent,
+)
 from localai_sd.pipeline.output import decoder_to_pixels, encode_png, infotext
 from localai_sd.pipeline.prompt import build_chunks
 from localai_sd.pipeline.request import GenerationRequest
@@ -47,6 +61,8 @@ class GeneratedImage:
     height: int
     #: The A1111-style infotext stored in the PNG.
     parameters: str
+    #: Notes for the caller about the input (e.g. a mask resized to the image's size); empty for txt2img.
+    warnings: tuple[str, ...] = ()
 
 
 StepCallback = Callable[[StepEvent], None]
@@ -59,6 +75,8 @@ class Timings:
 
     load: float = 0.0
     encode: float = 0.0
+    #: VAE encoding of an edit's input image (0 for txt2img).
+    vae_encode: float = 0.0
     sample: float = 0.0
     decode: float = 0.0
     total: float = 0.0
@@ -101,6 +119,7 @@ class StableDiffusion:
         self._released_ncnn = 0.0
         self._unet: tuple[tuple[int, int, int, bool], nets.UNet] | None = None
         self._decoder: tuple[tuple[int, int], nets.VAEDecoder] | None = None
+        self._encoder: tuple[tuple[int, int], nets.VAEEncoder] | None = None
         self._lock = threading.Lock()
         self.timings = Timings()
 
@@ -136,9 +155,9 @@ class StableDiffusion:
     def close(self) -> None:
         """Release every loaded net."""
         with self._lock:
-            for _, net in filter(None, (self._unet, self._decoder)):
+            for _, net in filter(None, (self._unet, self._decoder, self._encoder)):
                 net.close()
-            self._unet = self._decoder = None
+            self._unet = self._decoder = self._encoder = None
             self.text_encoder.close()
 
     def unet(self, width: int, height: int, mode: int, *, guided: bool = True) -> nets.UNet:
@@ -187,6 +206,43 @@ class StableDiffusion:
             )
         return self._decoder[1]
 
+    def encoder(self, width: int, height: int) -> nets.VAEEncoder:
+        """The VAE encoder for this size, loaded on first edit and replaced when the size changes.
+
+        InvalidRequest (param ``model``) when the model has no encoder (tinydream, or the optional files absent).
+        """
+        if not self.assets.has_encoder:
+            raise InvalidRequest(
+                f"model {self.name!r} cannot edit images: its assets have no VAE encoder "
+                "(AutoencoderKL-encoder-512-512-fp16.param/.bin)",
+                param="model",
+                code="model_cannot_edit",
+            )
+        key = (width, height)
+        if self._encoder is None or self._encoder[0] != key:
+            if self._encoder is not None:
+                self._encoder[1].close()
+                self._encoder = None
+            self._encoder = (
+                key,
+                nets.VAEEncoder.load(
+                    self.assets, width, height, threads=self.threads, synthetic=self._weights()
+                ),
+            )
+        return self._encoder[1]
+
+    def encode_image(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The VAE latent distribution (mean, std) of (H, W, 3) uint8 pixels; the encoder is released after
+        use in the low-memory setting (it never stays beside the UNet there)."""
+        height, width = pixels.shape[:2]
+        encoder = self.encoder(width, height)
+        mean, std = encoder(pixels_to_encoder(pixels))
+        encoder.release_memory()
+        if self.low_memory:
+            self._release(encoder)
+            self._encoder = None
+        return mean, std
+
     def warm(self, width: int, height: int, mode: int) -> None:
         """Load the nets this setting keeps between requests: UNet and decoder, or the UNet alone (low memory)."""
         with self._lock:
@@ -213,17 +269,28 @@ class StableDiffusion:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        edit: EditSpec | None = None,
     ) -> list[GeneratedImage]:
-        """Make ``request.n`` images: encode once, then per seed sample and decode (raises Cancelled)."""
+        """Make ``request.n`` images: encode once, then per seed sample and decode (raises Cancelled).
+
+        With ``edit``, the images are img2img/inpainting edits of its image at the request's size
+        (``localai_sd.pipeline.img2img`` documents the maths); without it, txt2img.
+        """
+        prepared = None if edit is None else prepare_edit(edit, request.width, request.height)
         with self._lock:
-            return self._generate(request, on_step, should_cancel)
+            return self._generate(request, on_step, should_cancel, prepared)
 
     def _generate(
-        self, request: GenerationRequest, on_step: StepCallback | None, should_cancel: CancelCheck | None
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None,
+        should_cancel: CancelCheck | None,
+        edit: PreparedEdit | None = None,
     ) -> list[GeneratedImage]:
         start = time.perf_counter()
         ncnn_before = self._ncnn_seconds()
         timings = Timings()
+        width, height = (request.width, request.height) if edit is None else edit.work_size
 
         # 1. Encode the prompt and the negative prompt once for all n images. The text encoder goes first
         #    so that, in the low-memory setting, it is released before the UNet is loaded.
@@ -236,24 +303,39 @@ class StableDiffusion:
             self._text_encoder_released = True
         timings.encode = time.perf_counter() - t0
 
+        # 1b. An edit encodes its image once for all n images (before the UNet, for the low-memory setting).
+        mean_std = None
+        if edit is not None:
+            t0 = time.perf_counter()
+            mean_std = self.encode_image(edit.work_pixels)
+            timings.vae_encode = time.perf_counter() - t0
+
         # 2. Load (or reuse) the UNet for this size and mode; the decoder loads after sampling.
         t0 = time.perf_counter()
-        unet = self.unet(request.width, request.height, request.mode, guided=request.cfg_scale != 1.0)
+        unet = self.unet(width, height, request.mode, guided=request.cfg_scale != 1.0)
         timings.load = time.perf_counter() - t0
 
-        # 3. Draw the sigmas and build the guided denoiser.
+        # 3. Draw the sigmas (an edit starts later in them) and build the guided denoiser.
         sigmas = SCHEDULES[request.schedule](request.steps, self.schedule)
+        if edit is not None:
+            sigmas = img2img_sigmas(sigmas, edit.strength)
         model = cfg_denoiser(unet, self.schedule, cond, uncond, request.cfg_scale, pair=unet.pair)
         sampler = SAMPLERS[request.sampler]
-        shape = (LATENT_CHANNELS, request.height // LATENT_FACTOR, request.width // LATENT_FACTOR)
+        shape = (LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR)
 
         images = []
         for index, seed in enumerate(request.seeds):
             if should_cancel is not None and should_cancel():
                 raise Cancelled(f"generation cancelled before image {index + 1} of {request.n}")
-            # 4. Seed one generator for the initial noise and every ancestral noise.
+            # 4. Seed one generator for the initial noise and every ancestral noise; an edit starts from its
+            #    image's latent z0 (sampled from the encoder's distribution on a separate stream of the seed).
             rng = np.random.Generator(np.random.PCG64(seed))
-            x = rng.standard_normal(shape, dtype=np.float32) * np.float32(sigmas[0])
+            noise = rng.standard_normal(shape, dtype=np.float32)
+            z0 = None if mean_std is None else sample_latent(*mean_std, encoder_rng(seed))
+            x = initial_latent(z0, noise, sigmas[0])
+            denoise = model
+            if z0 is not None and edit is not None and edit.latent_mask is not None:
+                denoise = masked_denoiser(model, z0, edit.latent_mask)
 
             # 5. Sample, reporting every step and checking for cancellation.
             def callback(info: dict, index: int = index, seed: int = seed) -> None:
@@ -263,17 +345,21 @@ class StableDiffusion:
                     raise Cancelled(f"generation cancelled at step {info['i'] + 1} of {len(sigmas) - 1}")
 
             t0 = time.perf_counter()
-            latent = sampler(model, x, sigmas, rng=rng, callback=callback)
+            latent = sampler(denoise, x, sigmas, rng=rng, callback=callback)
+            if z0 is not None and edit is not None and edit.latent_mask is not None:
+                latent = blend_latent(latent, z0, edit.latent_mask)
             # Peak memory: hand the UNet's activations back before the decoder needs its own.
             unet.release_memory()
             timings.sample += time.perf_counter() - t0
 
             # 6. Decode the latent to pixels and a PNG with its parameters.
             t0 = time.perf_counter()
-            decoder = self.decoder(request.width, request.height)
+            decoder = self.decoder(width, height)
             timings.load += time.perf_counter() - t0
             t0 = time.perf_counter()
             pixels = decoder_to_pixels(decoder(latent))
+            if edit is not None:
+                pixels = finish_pixels(edit, pixels)
             decoder.release_memory()
             if self.low_memory:
                 # Never hold the decoder's weights while the UNet samples the next image.
@@ -290,10 +376,16 @@ class StableDiffusion:
                 width=request.width,
                 height=request.height,
                 model=self.name,
+                **(EditFields() if edit is None else edit_infotext(edit)),
             )
             images.append(
                 GeneratedImage(
-                    encode_png(pixels, parameters), seed, request.width, request.height, parameters
+                    encode_png(pixels, parameters),
+                    seed,
+                    request.width,
+                    request.height,
+                    parameters,
+                    () if edit is None else edit.warnings,
                 )
             )
             timings.decode += time.perf_counter() - t0
@@ -305,7 +397,8 @@ class StableDiffusion:
 
     def _ncnn_seconds(self) -> float:
         """Seconds spent inside ncnn by every loaded net so far."""
-        loaded = [self.text_encoder] + [entry[1] for entry in (self._unet, self._decoder) if entry]
+        entries = (self._unet, self._decoder, self._encoder)
+        loaded = [self.text_encoder] + [entry[1] for entry in entries if entry]
         return self._released_ncnn + sum(net.ncnn_seconds for net in loaded)
 
     def _release(self, net: nets.NcnnModel) -> None:
@@ -313,3 +406,21 @@ class StableDiffusion:
         self._released_ncnn += net.ncnn_seconds
         net.ncnn_seconds = 0.0
         net.close()
+
+
+class EditFields(TypedDict, total=False):
+    """The img2img fields of :func:`localai_sd.pipeline.output.infotext`."""
+
+    denoising_strength: float
+    mask_blur: float
+    masked_padding: int
+
+
+def edit_infotext(edit: PreparedEdit) -> EditFields:
+    """The infotext fields A1111 writes for an edit: strength, and for a mask its blur and inpaint area."""
+    fields = EditFields(denoising_strength=edit.strength)
+    if edit.masked:
+        fields["mask_blur"] = edit.mask_blur
+        if edit.crop is not None:
+            fields["masked_padding"] = edit.padding
+    return fields
