@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from real_assets import shared_dir
 
 from localai_sd.errors import AssetError
 from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
@@ -15,9 +15,7 @@ from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log
 
 def real_log_sigmas_path() -> Path:
     """Path of the real EdVince log_sigmas.bin, skipping when absent."""
-    env = os.environ.get("LOCALAI_SD_SHARED")
-    shared = Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared"
-    path = shared / "sd-ncnn" / "assets" / "log_sigmas.bin"
+    path = shared_dir() / "sd-ncnn" / "assets" / "log_sigmas.bin"
     if not path.is_file():
         pytest.skip(f"real log_sigmas.bin not found at {path} (set LOCALAI_SD_SHARED)")
     return path

@@ -8,12 +8,12 @@ machine does not have: exactly those four must fail their sha check, and no conf
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from real_assets import shared_dir
 
 from localai_sd.errors import ChecksumMismatch
 from localai_sd.gallery.catalog import available_models
@@ -28,11 +28,6 @@ from localai_sd.testing.fake_gallery import FakeGallery
 FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=5.0, retries=1, backoff_base=0.01, backoff_max=0.05)
 GALLERY_URL = "github:go-skynet/model-gallery/stablediffusion.yaml"
 INDEX_URL = "github:go-skynet/model-gallery/index.yaml"
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("LOCALAI_SD_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared"
 
 
 SD_NCNN = shared_dir() / "sd-ncnn"

@@ -38,3 +38,14 @@ def test_relative_base_terminates(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(UnsafePath):
         safe_join(Path("models"), "../x")
     assert safe_join(Path("models"), "ok.yaml") == (tmp_path / "models" / "ok.yaml").resolve()
+
+
+def test_shared_folder_may_be_named_at_any_of_its_three_levels(tmp_path: Path) -> None:
+    """LOCALAI_SD_SHARED pointing at shared, shared/sd-ncnn or shared/sd-ncnn/assets finds the same files."""
+    from real_assets import shared_dir
+
+    assets = tmp_path / "shared" / "sd-ncnn" / "assets"
+    assets.mkdir(parents=True)
+    (assets / "UNetModel-base-MHA-fp16.param").write_text("7767517\n")
+    for given in (tmp_path / "shared", tmp_path / "shared" / "sd-ncnn", assets):
+        assert shared_dir(str(given)) == tmp_path / "shared"

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from real_assets import shared_dir
 
 from localai_sd.errors import AssetError
 from localai_sd.pipeline.tokenizer import (
@@ -27,12 +28,6 @@ from localai_sd.pipeline.tokenizer import (
 
 # Number of merges CLIP uses from its merges file (OpenAI simple_tokenizer: 49152 - 256 - 2).
 CLIP_MERGE_COUNT = 48894
-
-
-def shared_dir() -> Path:
-    """The shared reference assets directory (env LOCALAI_SD_SHARED or ../shared next to the repo)."""
-    env = os.environ.get("LOCALAI_SD_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared"
 
 
 def real_vocab_path() -> Path:
