@@ -10,7 +10,14 @@ import pytest
 from real_assets import shared_dir
 
 from localai_sd.errors import AssetError
-from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+from localai_sd.pipeline.denoiser import (
+    CompVisDenoiser,
+    GuidanceLimits,
+    cfg_denoiser,
+    load_log_sigmas,
+    sd1_log_sigmas,
+    skip_uncond,
+)
 
 
 def real_log_sigmas_path() -> Path:
@@ -171,3 +178,57 @@ def test_cfg_pair_replaces_the_two_calls(schedule: CompVisDenoiser) -> None:
     assert len(pairs) == 1 and len(unet.calls) == 2
     cfg_denoiser(unet, schedule, cond, uncond, 1.0, pair=pair)(x, 2.0)
     assert len(pairs) == 1 and len(unet.calls) == 3, "scale 1 needs only the cond pass"
+
+
+# --- guidance limits ------------------------------------------------------------------------------------
+
+
+def test_guidance_interval_is_half_open() -> None:
+    limits = GuidanceLimits(interval=(0.28, 5.42))
+    assert [skip_uncond(limits, s, 0) for s in (14.6, 5.43, 5.42, 1.0, 0.281, 0.28, 0.1)] == [
+        True, True, False, False, False, True, True,
+    ]  # fmt: skip
+
+
+def test_s_min_uncond_skips_odd_calls_below_it_or_all_of_them() -> None:
+    alternate, every = (
+        GuidanceLimits(s_min_uncond=1.0),
+        GuidanceLimits(s_min_uncond=1.0, s_min_uncond_all=True),
+    )
+    assert [skip_uncond(alternate, 0.5, call) for call in range(4)] == [False, True, False, True]
+    assert [skip_uncond(every, 0.5, call) for call in range(4)] == [True] * 4
+    assert not skip_uncond(every, 1.0, 1), "A1111: strictly below s_min_uncond"
+    assert not GuidanceLimits().active and alternate.active
+
+
+@pytest.mark.parametrize(
+    ("schedule_name", "guided_steps"),
+    # Kynkäänniemi et al.'s SD interval on SD 1.x sigmas, 20 steps (WAVE2 §5.1 hand counts: 14 and 9).
+    [("default", 14), ("karras", 9)],
+)
+def test_paper_interval_runs_the_counted_unet_passes(
+    schedule: CompVisDenoiser, schedule_name: str, guided_steps: int
+) -> None:
+    from localai_sd.pipeline.samplers import SAMPLERS, SCHEDULES
+
+    sigmas = SCHEDULES[schedule_name](20, schedule)
+    limits = GuidanceLimits(interval=(0.28, 5.42))
+    expected = sum(2 if not skip_uncond(limits, float(s), i) else 1 for i, s in enumerate(sigmas[:-1]))
+    assert expected == 20 + guided_steps
+    unet = RecordingUNet()
+    cond, uncond = np.full((77, 768), 1.0, np.float32), np.zeros((77, 768), np.float32)
+    model = cfg_denoiser(unet, schedule, cond, uncond, 7.5, limits=limits)
+    x = np.zeros((4, 8, 8), np.float32)
+    SAMPLERS["euler"](model, x, sigmas, rng=np.random.default_rng(0))
+    assert len(unet.calls) == expected
+
+
+def test_a_skipped_call_returns_the_cond_pass_alone(schedule: CompVisDenoiser) -> None:
+    unet = RecordingUNet()
+    cond, uncond = np.full((77, 768), 2.0, np.float32), np.full((77, 768), 0.5, np.float32)
+    model = cfg_denoiser(unet, schedule, cond, uncond, 7.5, limits=GuidanceLimits(interval=(1.0, 5.0)))
+    x = np.ones((4, 8, 8), np.float32)
+    np.testing.assert_allclose(model(x, 8.0), x - 8.0 * 2.0, rtol=1e-6)
+    assert len(unet.calls) == 1
+    np.testing.assert_allclose(model(x, 3.0), (x - 1.5) + 7.5 * ((x - 6.0) - (x - 1.5)), rtol=1e-6)
+    assert len(unet.calls) == 3

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,37 @@ def unet_scalings(sigma: float) -> tuple[float, float]:
     return 1.0 / float(np.sqrt(sigma * sigma + 1.0)), -float(sigma)
 
 
+@dataclass(frozen=True)
+class GuidanceLimits:
+    """Where classifier-free guidance runs; elsewhere a step runs the cond pass alone (CFG scale 1).
+
+    - ``interval`` (lo, hi): guidance only while lo < sigma <= hi (Kynkäänniemi et al. 2024, arXiv 2404.07724;
+      their Stable Diffusion interval is (0.28, 5.42]).
+    - ``s_min_uncond``: A1111's "Negative Guidance minimum sigma" (PR #9177): below it the uncond pass is
+      skipped on every other denoiser call (odd calls), or on all of them with ``s_min_uncond_all``.
+    """
+
+    interval: tuple[float, float] | None = None
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+
+    @property
+    def active(self) -> bool:
+        """Whether any guided call may be skipped."""
+        return self.interval is not None or self.s_min_uncond > 0
+
+
+def skip_uncond(limits: GuidanceLimits, sigma: float, call: int) -> bool:
+    """Whether denoiser call number ``call`` (from 0) at ``sigma`` runs the cond pass alone."""
+    if limits.interval is not None:
+        lo, hi = limits.interval
+        if not lo < sigma <= hi:
+            return True
+    return (
+        limits.s_min_uncond > 0 and sigma < limits.s_min_uncond and (limits.s_min_uncond_all or call % 2 == 1)
+    )
+
+
 def cfg_denoiser(
     unet: UNetFn,
     schedule: CompVisDenoiser,
@@ -101,17 +134,21 @@ def cfg_denoiser(
     cfg_scale: float,
     *,
     pair: UNetPairFn | None = None,
+    limits: GuidanceLimits | None = None,
 ) -> Denoiser:
     """Classifier-free guidance: denoised = uncond_d + scale * (cond_d - uncond_d); one pass when scale == 1.
 
     ``pair``, when given, evaluates cond and uncond in one call (e.g. concurrently) instead of two ``unet`` calls.
+    ``limits`` names the calls that skip the uncond pass (``skip_uncond``); they return the cond pass alone.
     """
+    calls = itertools.count()
 
     def model(x: np.ndarray, sigma: float) -> np.ndarray:
         """Denoise x at noise level sigma with guidance."""
+        call = next(calls)
         t = float(schedule.sigma_to_t(sigma))
         c_in, c_out = unet_scalings(sigma)
-        if cfg_scale == 1.0:
+        if cfg_scale == 1.0 or (limits is not None and skip_uncond(limits, sigma, call)):
             return np.asarray(unet(x, t, cond, c_in, c_out), dtype=np.float32)
         if pair is not None:
             cond_d, uncond_d = (

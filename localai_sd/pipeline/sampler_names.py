@@ -22,6 +22,7 @@ SDCPP_SAMPLERS: dict[str, str] = {
     "dpm++2s_a": "dpmpp_2s_a",
     "dpm++2m": "dpmpp_2m",
     "lms": "lms",
+    "lcm": "lcm",
 }
 #: Schedule names from A1111 ("Automatic" is the model's own) and sd.cpp (``discrete``).
 SCHEDULE_ALIASES: dict[str, str] = {
