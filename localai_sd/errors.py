@@ -70,6 +70,18 @@ class DownloadError(GalleryError):
     code = "download_error"
 
 
+class GalleryUnreachable(DownloadError):
+    """A gallery document could not be fetched: host unreachable, DNS failure, timeout or HTTP error (502)."""
+
+    code = "gallery_unreachable"
+
+
+class BlockedSource(InvalidRequest):
+    """An install source the install policy refuses: a local file or a private host over the API."""
+
+    code = "blocked_source"
+
+
 class ChecksumMismatch(DownloadError):
     """A downloaded file's sha256 differs from the gallery's."""
 
@@ -106,3 +118,9 @@ class QueueFull(LocalAISDError):
     """The generation queue is full; try again later."""
 
     code = "queue_full"
+
+
+class ShuttingDown(LocalAISDError):
+    """The server is shutting down; the job was cancelled (HTTP 503, retry later)."""
+
+    code = "shutting_down"

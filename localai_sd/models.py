@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from localai_sd.paths import safe_join
 #: Backends whose assets this project runs (tinydream ships the same weights under other names).
 SUPPORTED_BACKENDS = ("stablediffusion", "tinydream")
 CONFIG_SUFFIX = ".yaml"
+#: Longest model name in UTF-8 bytes: ``.<name>.files.json`` must still fit a 255-byte file name.
+MAX_NAME_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,57 @@ class ModelConfig:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def config_path(models_path: Path, name: str) -> Path:
-    """The config file of model ``name``, checked to lie inside the models path."""
+def check_name(name: object) -> str:
+    """A valid model name: non-empty, no slashes or control characters, not hidden, at most MAX_NAME_BYTES."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
         raise UnsafePath(f"model name {name!r} must be a non-empty name without slashes", param="model")
+    if name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UnsafePath(
+            f"model name {name[:40]!r} must not start with '.' or contain control characters", param="model"
+        )
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UnsafePath(
+            "model name must be valid Unicode text (no lone surrogates)", param="model"
+        ) from None
+    if size > MAX_NAME_BYTES:
+        raise UnsafePath(
+            f"model name {name[:40]!r}... is {size} bytes long; the limit is {MAX_NAME_BYTES} bytes (UTF-8)",
+            param="model",
+        )
+    return name
+
+
+def config_path(models_path: Path, name: str) -> Path:
+    """The config file of model ``name``, checked to lie inside the models path."""
+    check_name(name)
     return safe_join(models_path, name + CONFIG_SUFFIX, what="model name")
+
+
+def asset_dir_of(data: dict[str, Any]) -> object:
+    """The asset directory a config names: ``parameters.model``, or the older ``asset_dir``."""
+    parameters = data.get("parameters")
+    if not isinstance(parameters, dict):
+        parameters = {}
+    return parameters.get("model") or data.get("asset_dir")
+
+
+def resolve_asset_dir(models_path: Path, asset: object, where: str) -> Path:
+    """The real path of a config's asset directory; ModelConfigError unless it lies inside the models path."""
+    if not isinstance(asset, str) or not asset:
+        raise ModelConfigError(
+            f"{where} names no asset directory: set parameters.model (or the older asset_dir)"
+        )
+    root = Path(os.path.realpath(os.path.abspath(models_path)))
+    try:
+        return safe_join(root, asset, what="asset directory")
+    except UnsafePath:
+        raise ModelConfigError(
+            f"{where}: asset directory {asset[:80]!r} must be a relative path inside the models directory "
+            "(no absolute path, no '..', no symlink out of it)",
+            code="unsafe_asset_dir",
+        ) from None
 
 
 def list_models(models_path: Path) -> list[str]:
@@ -72,15 +121,7 @@ def load_config(models_path: Path, name: str) -> ModelConfig:
         raise ModelConfigError(
             f"model {name!r} has backend {backend!r}; this server runs {' or '.join(SUPPORTED_BACKENDS)}"
         )
-    parameters = data.get("parameters")
-    if not isinstance(parameters, dict):
-        parameters = {}
-    asset = parameters.get("model") or data.get("asset_dir")
-    if not isinstance(asset, str) or not asset:
-        raise ModelConfigError(
-            f"model config {path} names no asset directory: set parameters.model (or the older asset_dir)"
-        )
-    asset_dir = Path(asset) if Path(asset).is_absolute() else models_path / asset
+    asset_dir = resolve_asset_dir(models_path, asset_dir_of(data), f"model config {path}")
     if not asset_dir.is_dir():
         raise ModelConfigError(f"model {name!r}: asset directory {asset_dir} does not exist")
     step = data.get("step")

@@ -75,6 +75,18 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     download_retries: int = 3
+    #: Directories installs over HTTP may read local files from (``LOCAL_INSTALL_DIRS``).
+    local_install_dirs: tuple[Path, ...] = ()
+    #: Installs over HTTP may fetch loopback/private/link-local hosts (``ALLOW_PRIVATE_HOSTS``).
+    allow_private_hosts: bool = False
+    #: Installs over HTTP may fetch gallery files without a sha256 (``ALLOW_UNVERIFIED_INSTALLS``).
+    allow_unverified_installs: bool = False
+    #: Install jobs run at once, and waiting before the server answers 429.
+    install_workers: int = 2
+    install_queue_size: int = 16
+    #: Finished install jobs kept for ``/models/jobs``: at most this many, for at most this long.
+    install_jobs_kept: int = 100
+    install_job_ttl_seconds: int = 3600
 
     @property
     def resolved_image_path(self) -> Path:
@@ -114,6 +126,12 @@ class Settings:
             values["low_memory"] = True
         if v := env.get("BASE_URL"):
             values["base_url"] = v
+        if v := env.get("LOCAL_INSTALL_DIRS"):
+            values["local_install_dirs"] = tuple(Path(d) for d in v.split(os.pathsep) if d.strip())
+        if env.get("ALLOW_PRIVATE_HOSTS", "").lower() in ("1", "true", "yes"):
+            values["allow_private_hosts"] = True
+        if env.get("ALLOW_UNVERIFIED_INSTALLS", "").lower() in ("1", "true", "yes"):
+            values["allow_unverified_installs"] = True
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
 
-from localai_sd.errors import Cancelled, GalleryError, InvalidRequest
+from localai_sd.errors import Cancelled, GalleryError, GalleryUnreachable, InvalidRequest
 from localai_sd.gallery.definitions import (
     ID_SEPARATOR,
     GalleryEntry,
@@ -24,7 +24,8 @@ from localai_sd.gallery.definitions import (
     parse_yaml,
 )
 from localai_sd.gallery.download import fetch_document
-from localai_sd.gallery.http_fetch import DownloadPolicy, session_scope
+from localai_sd.gallery.guard import InstallPolicy, check_source, guarded_session
+from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.store import is_installed, models_root
 from localai_sd.gallery.streams import CancelCheck
 from localai_sd.gallery.urls import Source, resolve_url
@@ -33,21 +34,28 @@ from localai_sd.settings import Gallery, Settings
 
 @dataclass(frozen=True)
 class Fetcher:
-    """Reads gallery documents with one settings/policy/session/cancel."""
+    """Reads gallery documents with one settings/policy/session/cancel, within one install policy."""
 
     settings: Settings
     policy: DownloadPolicy
     session: requests.Session
     cancel: CancelCheck | None = None
+    guard: InstallPolicy = field(default_factory=InstallPolicy.trusted)
 
-    def source(self, url: str) -> Source:
-        """Resolve a gallery URL through the configured mirrors."""
-        return resolve_url(url, self.settings.mirrors)
+    def source(self, url: str, what: str = "a gallery URL") -> Source:
+        """Resolve a gallery URL through the configured mirrors; BlockedSource if the policy refuses it."""
+        source = resolve_url(url, self.settings.mirrors)
+        check_source(source, self.guard, what)
+        return source
 
     def document(self, url: str, what: str) -> Any:
         """Fetch and parse a YAML/JSON document."""
-        source = self.source(url)
-        label = f"{what} {url}" if str(source) == url else f"{what} {url} ({source})"
+        source = self.source(url, what)
+        label = (
+            f"{what} {url}"
+            if str(source) == url or not self.guard.detailed_errors
+            else f"{what} {url} ({source})"
+        )
         return parse_yaml(
             fetch_document(source, self.policy, self.session, what=label, cancel=self.cancel), label
         )
@@ -68,10 +76,19 @@ def open_fetcher(
     policy: DownloadPolicy | None = None,
     session: requests.Session | None = None,
     cancel: CancelCheck | None = None,
+    guard: InstallPolicy | None = None,
 ) -> Iterator[Fetcher]:
-    """A Fetcher with ``policy`` (default: from the settings); a session opened here is closed on exit."""
-    with session_scope(session) as http:
-        yield Fetcher(settings, policy or DownloadPolicy.from_settings(settings), http, cancel)
+    """A Fetcher with ``policy`` (default: from the settings) within ``guard`` (default: trusted).
+
+    A session opened here (vetting addresses when the guard checks hosts) is closed on exit.
+    """
+    guard = guard or InstallPolicy.trusted()
+    policy = policy or DownloadPolicy.from_settings(settings, detailed_errors=guard.detailed_errors)
+    if session is not None:
+        yield Fetcher(settings, policy, session, cancel, guard)
+        return
+    with guarded_session(guard) as http:
+        yield Fetcher(settings, policy, http, cancel, guard)
 
 
 def split_id(model_id: str, settings: Settings) -> tuple[list[Gallery], str]:
@@ -99,14 +116,14 @@ def split_id(model_id: str, settings: Settings) -> tuple[list[Gallery], str]:
 def find_entry(model_id: str, fetcher: Fetcher) -> GalleryEntry:
     """Find the gallery entry of ``gallery@name`` or a bare name (first gallery with it wins)."""
     galleries, name = split_id(model_id, fetcher.settings)
-    problems = []
+    problems: list[GalleryError] = []
     for gallery in galleries:
         try:
             entries = fetcher.index(gallery)
         except Cancelled:
             raise
         except GalleryError as err:
-            problems.append(str(err))
+            problems.append(err)
             continue
         match = next((e for e in entries if e.name == name), None) or next(
             (e for e in entries if e.name.lower() == name.lower()), None
@@ -114,7 +131,9 @@ def find_entry(model_id: str, fetcher: Fetcher) -> GalleryEntry:
         if match is not None:
             return match
     searched = ", ".join(g.name for g in galleries)
-    detail = f"; {'; '.join(problems)}" if problems else ""
+    detail = f"; {'; '.join(map(str, problems))}" if problems else ""
+    if problems and all(isinstance(p, GalleryUnreachable) for p in problems):
+        raise GalleryUnreachable(f"model {name!r} cannot be looked up in gallery {searched}{detail}")
     raise GalleryError(f"model {name!r} was not found in gallery {searched}{detail}")
 
 
@@ -128,10 +147,14 @@ def entry_definition(entry: GalleryEntry, fetcher: Fetcher) -> GalleryModel:
 
 
 def available_models(
-    settings: Settings, *, policy: DownloadPolicy | None = None, session: requests.Session | None = None
+    settings: Settings,
+    *,
+    policy: DownloadPolicy | None = None,
+    session: requests.Session | None = None,
+    guard: InstallPolicy | None = None,
 ) -> list[GalleryEntry]:
     """Every entry of every configured gallery, each flagged ``installed`` if its config exists."""
-    with open_fetcher(settings, policy=policy, session=session) as fetcher:
+    with open_fetcher(settings, policy=policy, session=session, guard=guard) as fetcher:
         entries = [entry for gallery in settings.galleries for entry in fetcher.index(gallery)]
     models = models_root(settings)
     return [replace(entry, installed=is_installed(models, entry.name)) for entry in entries]

@@ -36,18 +36,21 @@ class FileSpec:
     def from_dict(cls, data: object, where: str, error: type[LocalAISDError] = GalleryError) -> FileSpec:
         """Validate ``{filename, uri, sha256?}``; ``where`` names the entry in errors."""
         if not isinstance(data, Mapping):
-            raise error(f"{where} must be a mapping with filename, uri and sha256, got {data!r}", param=where)
+            raise error(
+                f"{where} must be a mapping with filename, uri and sha256, got {shown(data)}", param=where
+            )
         filename, uri, sha = data.get("filename"), data.get("uri"), data.get("sha256")
         if not isinstance(filename, str) or not filename.strip():
             raise error(
-                f"{where}.filename must be a non-empty string, got {filename!r}", param=f"{where}.filename"
+                f"{where}.filename must be a non-empty string, got {shown(filename)}",
+                param=f"{where}.filename",
             )
         if not isinstance(uri, str) or not uri.strip():
-            raise error(f"{where}.uri must be a non-empty string, got {uri!r}", param=f"{where}.uri")
+            raise error(f"{where}.uri must be a non-empty string, got {shown(uri)}", param=f"{where}.uri")
         if sha in (None, ""):
             sha = None
         elif not isinstance(sha, str) or not _SHA256.match(sha.strip()):
-            raise error(f"{where}.sha256 must be 64 hex digits, got {sha!r}", param=f"{where}.sha256")
+            raise error(f"{where}.sha256 must be 64 hex digits, got {shown(sha)}", param=f"{where}.sha256")
         return cls(filename=filename.strip(), uri=uri.strip(), sha256=sha.strip().lower() if sha else None)
 
     def to_dict(self) -> dict[str, str]:
@@ -127,12 +130,26 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+def shown(value: object) -> str:
+    """A value in an error: its type and size, never its content (it may be a fetched private document)."""
+    size = f" of length {len(value)}" if isinstance(value, str | bytes | list | dict) else ""
+    return f"a {type(value).__name__}{size}"
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what the YAML error is, without the snippet of the document PyYAML quotes."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem or 'syntax error'} at line {mark.line + 1}, column {mark.column + 1}"
+    return type(exc).__name__
+
+
 def parse_yaml(data: bytes | str, what: str) -> Any:
-    """Parse YAML (JSON is YAML too), raising GalleryError naming the document."""
+    """Parse YAML (JSON is YAML too), raising GalleryError naming the document and the place."""
     try:
         return yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise GalleryError(f"{what} is not valid YAML: {exc}".replace("\n", " ")) from None
+        raise GalleryError(f"{what} is not valid YAML: {yaml_problem(exc)}") from None
 
 
 def text_list(value: object) -> tuple[str, ...]:
@@ -145,7 +162,7 @@ def parse_files(value: object, where: str) -> tuple[FileSpec, ...]:
     if value in (None, ""):
         return ()
     if not isinstance(value, list):
-        raise GalleryError(f"{where}.files must be a list, got {value!r}")
+        raise GalleryError(f"{where}.files must be a list, got {shown(value)}")
     return tuple(FileSpec.from_dict(f, f"{where}.files[{i}]") for i, f in enumerate(value))
 
 
@@ -167,7 +184,7 @@ def parse_gallery_model(data: object, where: str) -> GalleryModel:
         raise GalleryError(f"{where} must be a YAML mapping with name, config_file and files")
     name = data.get("name")
     if name is not None and not isinstance(name, str):
-        raise GalleryError(f"{where} name must be a string, got {name!r}")
+        raise GalleryError(f"{where} name must be a string, got {shown(name)}")
     templates = []
     for i, item in enumerate(data.get("prompt_templates") or []):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or "content" not in item:
@@ -198,9 +215,9 @@ def parse_index(data: object, gallery: Gallery) -> list[GalleryEntry]:
             raise GalleryError(f"{at} must be a mapping with a non-empty string name")
         url, overrides = item.get("url"), item.get("overrides") or {}
         if url is not None and not isinstance(url, str):
-            raise GalleryError(f"{at} url must be a string, got {url!r}")
+            raise GalleryError(f"{at} url must be a string, got {shown(url)}")
         if not isinstance(overrides, Mapping):
-            raise GalleryError(f"{at} overrides must be a mapping, got {overrides!r}")
+            raise GalleryError(f"{at} overrides must be a mapping, got {shown(overrides)}")
         config_file = item.get("config_file")
         entries.append(
             GalleryEntry(

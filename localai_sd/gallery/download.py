@@ -67,13 +67,20 @@ def partial_path(dest: Path) -> Path:
 
 
 def fetch_local(
-    path: Path, partial: Path, progress: ByteProgress | None, cancel: CancelCheck | None, name: str
+    path: Path,
+    partial: Path,
+    progress: ByteProgress | None,
+    cancel: CancelCheck | None,
+    name: str,
+    *,
+    detailed: bool = True,
 ) -> tuple[str, bool]:
     """Copy a local file into ``partial``, hashing it; return (sha256 hex, False)."""
     try:
         source = path.open("rb")
     except OSError as exc:
-        raise DownloadError(f"cannot read {name!r} from local file {path}: {exc.strerror or exc}") from None
+        where = f"local file {path}" if detailed else "its local file"
+        raise DownloadError(f"cannot read {name!r} from {where}: {exc.strerror or exc}") from None
     with source:
         total = os.fstat(source.fileno()).st_size
         check_disk_space(partial.parent, total, name)
@@ -106,7 +113,9 @@ def download(
     with session_scope(session) as http:
         for _ in range(2):
             if source.path is not None:
-                actual, resumed = fetch_local(source.path, partial, progress, cancel, name)
+                actual, resumed = fetch_local(
+                    source.path, partial, progress, cancel, name, detailed=policy.detailed_errors
+                )
             else:
                 actual, resumed = fetch_http(str(source.url), partial, policy, http, progress, cancel, name)
             if sha256 is None or actual == sha256.strip().lower():
@@ -164,7 +173,8 @@ def fetch_document(
             with source.path.open("rb") as f:
                 data = f.read(MAX_DOCUMENT_BYTES + 1)
         except OSError as exc:
-            raise GalleryError(f"cannot read {what} {source.path}: {exc.strerror or exc}") from None
+            where = f" {source.path}" if policy.detailed_errors else ""
+            raise GalleryError(f"cannot read {what}{where}: {exc.strerror or exc}") from None
     else:
         data = fetch_document_http(str(source.url), policy, session, what=what, cancel=cancel)
     if len(data) > MAX_DOCUMENT_BYTES:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import requests
 import urllib3
 
-from localai_sd.errors import DownloadError, GalleryError, LocalAISDError
+from localai_sd.errors import DownloadError, GalleryUnreachable, LocalAISDError
 from localai_sd.gallery.streams import (
     CHUNK_SIZE,
     ByteProgress,
@@ -56,6 +56,8 @@ class DownloadPolicy:
     #: First retry waits this many seconds, then twice as long each time.
     backoff_base: float = 0.5
     backoff_max: float = 30.0
+    #: Say why a host failed (refused, timed out, HTTP 404). Off over the API: no port-scan oracle.
+    detailed_errors: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, **changes: Any) -> DownloadPolicy:
@@ -134,6 +136,16 @@ def content_length(response: requests.Response) -> int | None:
         return None
 
 
+def failure(url: str, policy: DownloadPolicy, detail: str) -> str:
+    """``detail``, or with detailed errors off one text for every failure, so none can be told apart."""
+    return detail if policy.detailed_errors else f"{url} could not be fetched (unreachable, or an HTTP error)"
+
+
+def after(attempts: int, policy: DownloadPolicy) -> str:
+    """`` after N attempt(s)`` for detailed errors (the count would tell refused from 404 apart)."""
+    return f" after {attempts} attempt(s)" if policy.detailed_errors else ""
+
+
 def open_response(
     session: requests.Session, url: str, offset: int, policy: DownloadPolicy, name: str
 ) -> requests.Response:
@@ -151,16 +163,21 @@ def open_response(
         requests.exceptions.InvalidSchema,
     ):
         raise DownloadError(f"download of {name!r} failed: {url!r} is not a valid http(s) URL") from None
-    except requests.Timeout:
-        raise TransientError(
-            f"timed out connecting to {url} (connect timeout {policy.connect_timeout}s)"
+    except requests.TooManyRedirects:
+        raise DownloadError(
+            f"download of {name!r} failed: {failure(url, policy, 'too many redirects')}"
         ) from None
+    except requests.Timeout:
+        detail = f"timed out connecting to {url} (connect timeout {policy.connect_timeout}s)"
+        raise TransientError(failure(url, policy, detail)) from None
     except requests.RequestException as exc:
-        raise TransientError(f"cannot connect to {url}: {describe_exception(exc)}") from None
+        raise TransientError(
+            failure(url, policy, f"cannot connect to {url}: {describe_exception(exc)}")
+        ) from None
     status = response.status_code
     if status >= 400 and not (offset and status == 416):
         response.close()
-        message = f"HTTP {status} {response.reason or ''}".strip() + f" from {url}"
+        message = failure(url, policy, f"HTTP {status} {response.reason or ''}".strip() + f" from {url}")
         if status >= 500 or status in RETRY_STATUSES:
             raise TransientError(message)
         raise DownloadError(f"download of {name!r} failed: {message}")
@@ -239,9 +256,7 @@ def fetch_http(
         policy,
         cancel,
         name,
-        lambda attempts, err: DownloadError(
-            f"download of {name!r} failed after {attempts} attempt(s): {err}"
-        ),
+        lambda attempts, err: DownloadError(f"download of {name!r} failed{after(attempts, policy)}: {err}"),
     )
 
 
@@ -268,7 +283,10 @@ def fetch_document_http(
             policy,
             cancel,
             what,
-            lambda attempts, err: GalleryError(f"cannot fetch {what} after {attempts} attempt(s): {err}"),
+            lambda attempts, err: GalleryUnreachable(f"cannot fetch {what}{after(attempts, policy)}: {err}"),
         )
+    except GalleryUnreachable:
+        raise
     except DownloadError as err:
-        raise GalleryError(f"cannot fetch {what}: {err}") from None
+        detail = str(err) if policy.detailed_errors else failure(url, policy, "")
+        raise GalleryUnreachable(f"cannot fetch {what}: {detail}") from None

@@ -20,11 +20,13 @@ import requests
 import yaml
 
 from localai_sd.errors import (
+    BlockedSource,
     Cancelled,
     DownloadError,
     GalleryError,
     InvalidRequest,
     LocalAISDError,
+    ModelConfigError,
     UnsafePath,
 )
 from localai_sd.fileio import write_atomic
@@ -44,11 +46,20 @@ from localai_sd.gallery.download import (
     DownloadProgress,
     ensure_file,
 )
+from localai_sd.gallery.guard import InstallPolicy, check_source
 from localai_sd.gallery.http_fetch import DownloadPolicy
-from localai_sd.gallery.store import install_lock, manifest_path, models_root, write_manifest
-from localai_sd.gallery.streams import CancelCheck, check_cancel
+from localai_sd.gallery.store import (
+    claims_of_others,
+    forbidden_target,
+    image_dir_of,
+    install_lock,
+    manifest_path,
+    models_root,
+    write_manifest,
+)
+from localai_sd.gallery.streams import CancelCheck, check_cancel, sha256_matches
 from localai_sd.gallery.urls import Source, resolve_url
-from localai_sd.models import config_path
+from localai_sd.models import asset_dir_of, config_path, resolve_asset_dir
 from localai_sd.paths import safe_join
 from localai_sd.settings import Settings
 
@@ -188,6 +199,39 @@ def unique_files(files: tuple[FileSpec, ...]) -> tuple[FileSpec, ...]:
     return tuple(by_name.values())
 
 
+def install_target(models: Path, image_dir: Path, name: str, what: str) -> Path:
+    """The resolved path a gallery ``name`` writes to; UnsafePath if it escapes or is off limits."""
+    try:
+        target = safe_join(models, name, what=what)
+    except UnsafePath as err:
+        raise UnsafePath(str(err).replace(str(models), "the models directory"), param=err.param) from None
+    reason = forbidden_target(models, target, image_dir)
+    if reason is not None:
+        raise UnsafePath(f"{what} {name!r} {reason}; an install writes only its own model's files")
+    return target
+
+
+def check_asset_dir(models: Path, config: Mapping[str, Any], where: str) -> None:
+    """Refuse a config whose asset directory (``parameters.model``/``asset_dir``) is set and leaves the models dir."""
+    asset = asset_dir_of(dict(config))
+    if asset is None:
+        return
+    try:
+        resolve_asset_dir(models, asset, where)
+    except ModelConfigError as err:
+        raise UnsafePath(str(err), param="overrides") from None
+
+
+def check_verified(spec: FileSpec, guard: InstallPolicy) -> None:
+    """Refuse a file without a sha256 when the policy requires one."""
+    if guard.require_sha256 and spec.sha256 is None:
+        raise BlockedSource(
+            f"file {spec.filename!r} has no sha256; installs over the API need one "
+            "(set ALLOW_UNVERIFIED_INSTALLS to allow unverified files)",
+            code="unverified_file",
+        )
+
+
 def plan_install(req: InstallRequest, fetcher: Fetcher) -> InstallPlan:
     """Resolve a request to a plan with every path checked inside the models dir; writes nothing."""
     name, model, overrides, extra = resolve_definition(req, fetcher)
@@ -195,22 +239,21 @@ def plan_install(req: InstallRequest, fetcher: Fetcher) -> InstallPlan:
     if not name:
         raise GalleryError(f"{req.label}: the model definition has no name; give one with 'name'")
     models = models_root(fetcher.settings)
+    image_dir = image_dir_of(fetcher.settings)
     config = config_path(models, name)
     manifest = manifest_path(models, name)
     files = []
     for spec in unique_files(model.files + extra):
-        target = safe_join(models, spec.filename, what="file name")
-        if target in (config, manifest) or target.suffix == ".partial":
-            raise UnsafePath(
-                f"file name {spec.filename!r} would overwrite the model's own config or a download"
-            )
-        files.append((spec, fetcher.source(spec.uri), target))
+        target = install_target(models, image_dir, spec.filename, "file name")
+        check_verified(spec, fetcher.guard)
+        files.append((spec, fetcher.source(spec.uri, f"the uri of file {spec.filename!r}"), target))
     templates = tuple(
-        (t, safe_join(models, t.name + TEMPLATE_SUFFIX, what="prompt template name"))
+        (t, install_target(models, image_dir, t.name + TEMPLATE_SUFFIX, "prompt template name"))
         for t in model.prompt_templates
     )
     merged = deep_merge(model.config, overrides)
     merged.pop("name", None)
+    check_asset_dir(models, merged, f"model {name!r}")
     return InstallPlan(
         name=name,
         config={"name": name, **merged},
@@ -221,20 +264,42 @@ def plan_install(req: InstallRequest, fetcher: Fetcher) -> InstallPlan:
     )
 
 
-def validate_request(req: InstallRequest, settings: Settings) -> None:
-    """Cheap checks before queueing: URL forms, id form and gallery, install name, file paths and URIs."""
+def validate_request(req: InstallRequest, settings: Settings, guard: InstallPolicy | None = None) -> None:
+    """Cheap checks before queueing: URL forms and policy, id form and gallery, name, paths, overrides."""
+    guard = guard or InstallPolicy.trusted()
     models = models_root(settings)
     if req.id:
         split_id(req.id, settings)
     elif req.url:
-        resolve_url(req.url, settings.mirrors)
+        check_source(resolve_url(req.url, settings.mirrors), guard, "url")
     if req.config_url and not req.id and not req.url:
-        resolve_url(req.config_url, settings.mirrors)
+        check_source(resolve_url(req.config_url, settings.mirrors), guard, "config_url")
     if req.name:
         config_path(models, req.name)
+    check_asset_dir(models, req.overrides, "overrides")
+    image_dir = image_dir_of(settings)
     for spec in req.files:
-        safe_join(models, spec.filename, what="file name")
-        resolve_url(spec.uri, settings.mirrors)
+        install_target(models, image_dir, spec.filename, "file name")
+        check_verified(spec, guard)
+        check_source(resolve_url(spec.uri, settings.mirrors), guard, f"the uri of file {spec.filename!r}")
+
+
+def check_ownership(plan: InstallPlan, models: Path) -> None:
+    """Refuse to write another installed model's files (run under the install lock).
+
+    A file another model owns is allowed only when it is already in place and would be kept
+    (no sha256, or a matching one): then the install writes nothing there. Templates are always
+    written, so another model's template is always refused.
+    """
+    claims = claims_of_others(models, plan.name)
+    for spec, _, target in plan.files:
+        if claims.owner_of(models, target):
+            kept = target.is_file() and (spec.sha256 is None or sha256_matches(target, spec.sha256))
+            if not kept:
+                raise UnsafePath(f"file name {spec.filename!r} belongs to another installed model")
+    for template, path in plan.templates:
+        if claims.owner_of(models, path):
+            raise UnsafePath(f"prompt template {template.name!r} belongs to another installed model")
 
 
 def fetch_files(
@@ -308,17 +373,20 @@ def install_model(
     cancel: CancelCheck | None = None,
     policy: DownloadPolicy | None = None,
     session: requests.Session | None = None,
+    guard: InstallPolicy | None = None,
 ) -> InstalledModel:
     """Install a model: resolve, check paths, download and verify every file, write the config last.
 
-    Tries every file and raises the single error, or InstallFailed listing every failing file;
-    then no config is written. Re-running is cheap: verified files are skipped.
+    ``guard`` limits what may be read (default: trusted, the local user). Tries every file and
+    raises the single error, or InstallFailed listing every failing file; then no config is
+    written. Re-running is cheap: verified files are skipped.
     """
-    with open_fetcher(settings, policy=policy, session=session, cancel=cancel) as fetcher:
+    with open_fetcher(settings, policy=policy, session=session, cancel=cancel, guard=guard) as fetcher:
         plan = plan_install(req, fetcher)
         models = models_root(settings)
         models.mkdir(parents=True, exist_ok=True)
         with install_lock(models, cancel):
+            check_ownership(plan, models)
             downloaded, errors = fetch_files(plan, fetcher, progress)
             if len(errors) == 1:
                 raise errors[0]

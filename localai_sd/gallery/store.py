@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import filelock
+import yaml
 
-from localai_sd.errors import ModelNotFound, UnsafePath
+from localai_sd.errors import ModelConfigError, ModelNotFound, UnsafePath
 from localai_sd.fileio import write_atomic
-from localai_sd.gallery.download import partial_path
+from localai_sd.gallery.download import PARTIAL_SUFFIX, partial_path
 from localai_sd.gallery.streams import CancelCheck, check_cancel
-from localai_sd.models import CONFIG_SUFFIX, config_path
+from localai_sd.models import CONFIG_SUFFIX, asset_dir_of, config_path, resolve_asset_dir
 from localai_sd.paths import safe_join
 from localai_sd.settings import Settings
 
@@ -42,21 +44,66 @@ def models_root(settings: Settings) -> Path:
     return Path(os.path.realpath(os.path.abspath(settings.models_path)))
 
 
+def try_lock(path: Path) -> int | None:
+    """Lock ``path`` (created if missing) without waiting; the open descriptor, or None if it is held.
+
+    The previous holder unlinks the file before unlocking, so a lock taken on a file that is no
+    longer at ``path`` is worthless: it is dropped and None returned (the caller tries again).
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    try:
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            return fd
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+    return None
+
+
+def release_lock(path: Path, fd: int) -> None:
+    """Remove the lock file while still holding it, then unlock, so no lock file is left behind."""
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
 @contextmanager
 def install_lock(models: Path, cancel: CancelCheck | None) -> Iterator[None]:
-    """Hold the models directory's install lock file, checking ``cancel`` while waiting."""
-    lock = filelock.FileLock(str(models / LOCK_NAME))
-    while True:
+    """Hold the models directory's install lock, checking ``cancel`` while waiting; the file is removed after."""
+    path = models / LOCK_NAME
+    while (fd := try_lock(path)) is None:
         check_cancel(cancel, "install lock")
-        try:
-            lock.acquire(timeout=LOCK_POLL_SECONDS)
-            break
-        except filelock.Timeout:
-            continue
+        time.sleep(LOCK_POLL_SECONDS)
     try:
         yield
     finally:
-        lock.release()
+        release_lock(path, fd)
+
+
+def sweep_partials(models: Path) -> int:
+    """Delete every ``*.partial`` under the models dir, unless an install holds the lock; return the count."""
+    if not models.is_dir():
+        return 0
+    path = models / LOCK_NAME
+    fd = try_lock(path)
+    if fd is None:
+        return 0
+    removed = 0
+    try:
+        for folder, _dirs, files in os.walk(models):
+            for name in files:
+                if name.endswith(PARTIAL_SUFFIX):
+                    Path(folder, name).unlink(missing_ok=True)
+                    removed += 1
+    finally:
+        release_lock(path, fd)
+    return removed
 
 
 def write_manifest(path: Path, model: str, source: str, files: list[str], templates: list[str]) -> None:
@@ -98,6 +145,64 @@ def files_of_other_models(models: Path, name: str) -> set[str]:
     return keep
 
 
+@dataclass(frozen=True)
+class Claims:
+    """What other installed models own: files their manifests record, and their asset directories."""
+
+    files: frozenset[str]
+    dirs: tuple[Path, ...]
+
+    def owner_of(self, models: Path, target: Path) -> bool:
+        """True if ``target`` is a recorded file of another model or lies in another model's asset dir."""
+        rel = target.relative_to(models).as_posix()
+        return rel in self.files or any(target == d or d in target.parents for d in self.dirs)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A model config's mapping, or an empty one when unreadable."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def claims_of_others(models: Path, name: str) -> Claims:
+    """Files and asset dirs of every installed model other than ``name``."""
+    dirs = []
+    for config in models.glob("*" + CONFIG_SUFFIX):
+        if config.name[: -len(CONFIG_SUFFIX)] == name:
+            continue
+        try:
+            dirs.append(resolve_asset_dir(models, asset_dir_of(read_config(config)), config.name))
+        except ModelConfigError:
+            continue
+    return Claims(frozenset(files_of_other_models(models, name)), tuple(dirs))
+
+
+def forbidden_target(models: Path, target: Path, image_dir: Path) -> str | None:
+    """Why an install may never write or delete ``target`` (a resolved path inside ``models``), or None.
+
+    Hidden names (the lock, manifests, the image store's key), downloads in progress, top-level
+    ``*.yaml`` (model configs) and anything in the image directory are off limits.
+    """
+    parts = target.relative_to(models).parts
+    if any(part.startswith(".") for part in parts):
+        return "has a hidden component (reserved for the lock and manifests)"
+    if target.name.endswith(PARTIAL_SUFFIX):
+        return f"ends in {PARTIAL_SUFFIX} (reserved for downloads in progress)"
+    if len(parts) == 1 and target.suffix in (CONFIG_SUFFIX, ".yml"):
+        return "is a model config name in the models directory"
+    if target == image_dir or image_dir in target.parents:
+        return "is inside the generated-images directory"
+    return None
+
+
+def image_dir_of(settings: Settings) -> Path:
+    """The real path of the image directory."""
+    return Path(os.path.realpath(os.path.abspath(settings.resolved_image_path)))
+
+
 def remove_empty_parents(path: Path, models: Path) -> None:
     """Remove now-empty directories from ``path``'s parent up to (not including) the models dir."""
     parent = path.parent
@@ -116,18 +221,19 @@ def delete_model(settings: Settings, name: str) -> list[Path]:
     if not config.is_file():
         raise ModelNotFound(f"model {name!r} is not installed: no {config.name} in {models}")
     removed = []
+    image_dir = image_dir_of(settings)
     with install_lock(models, None):
         manifest_file = manifest_path(models, name)
         manifest = read_manifest(manifest_file)
         config.unlink()
         removed.append(config)
-        shared = files_of_other_models(models, name)
+        claims = claims_of_others(models, name)
         for rel in recorded_paths(manifest):
-            if rel in shared:
-                continue
             try:
                 target = safe_join(models, rel, what="file name")
             except UnsafePath:
+                continue
+            if forbidden_target(models, target, image_dir) or claims.owner_of(models, target):
                 continue
             for path in (target, partial_path(target)):
                 if path.is_file():

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from localai_sd.errors import LocalAISDError, OutputError
+from localai_sd.gallery.store import models_root, sweep_partials
 from localai_sd.models import ModelConfig
 from localai_sd.server import routes_images, routes_models
 from localai_sd.server.errors import (
@@ -28,8 +29,10 @@ from localai_sd.server.errors import (
 )
 from localai_sd.server.gallery_ops import GalleryOps, LibraryGallery
 from localai_sd.server.images import ImageStore
+from localai_sd.server.installs import InstallJobs
 from localai_sd.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from localai_sd.server.models_cache import Loader, ModelCache, Pipeline
+from localai_sd.server.shutdown import begin_shutdown, on_first_signal
 from localai_sd.server.state import ServerState
 from localai_sd.settings import Settings
 
@@ -59,6 +62,7 @@ def build_state(settings: Settings, loader: Loader | None, gallery: GalleryOps |
         images=ImageStore(settings.resolved_image_path, settings.image_ttl_seconds),
         models=ModelCache(loader or default_loader(settings), settings.max_loaded_models),
         gallery=gallery or LibraryGallery(settings),
+        installs=InstallJobs.from_settings(settings),
     )
 
 
@@ -94,14 +98,18 @@ def make_lifespan(state: ServerState) -> Any:
             state.settings.models_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"models path {state.settings.models_path} cannot be created: {exc}") from None
+        if swept := await run_in_threadpool(sweep_partials, models_root(state.settings)):
+            LOG.info("removed %d stale *.partial download(s)", swept)
         await run_in_threadpool(state.images.prepare)
         await preload_models(state)
         state.queue.start()
         sweeper = asyncio.create_task(sweep_images(state))
         state.ready = True
+        unhook = on_first_signal(lambda: begin_shutdown(state.queue, state.installs))
         try:
             yield
         finally:
+            unhook()
             state.ready = False
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

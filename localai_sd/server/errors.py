@@ -24,6 +24,7 @@ from localai_sd.errors import (
     ModelNotFound,
     OutputError,
     QueueFull,
+    ShuttingDown,
 )
 
 #: OpenAI error ``type`` values (openai-openapi; OpenAI error-codes guide).
@@ -75,6 +76,8 @@ def status_for(err: LocalAISDError) -> tuple[int, str, bool]:
     """(HTTP status, OpenAI type, retryable) for a library error, by its type."""
     if isinstance(err, QueueFull):
         return 429, RATE_LIMIT, True
+    if isinstance(err, ShuttingDown):
+        return 503, SERVER_ERROR, True
     if isinstance(err, ModelNotFound):
         return 404, INVALID_REQUEST, False
     if isinstance(err, InvalidRequest):

@@ -10,10 +10,11 @@ from typing import Any, Protocol
 
 from localai_sd.gallery.catalog import available_models
 from localai_sd.gallery.download import DownloadProgress
+from localai_sd.gallery.guard import InstallPolicy
 from localai_sd.gallery.install import InstallRequest, install_model, validate_request
 from localai_sd.gallery.preload import preload
 from localai_sd.gallery.store import delete_model
-from localai_sd.server.jobs import InstallStatus
+from localai_sd.server.installs import InstallStatus
 from localai_sd.settings import Settings
 
 
@@ -42,27 +43,35 @@ class GalleryOps(Protocol):
 
 
 class LibraryGallery:
-    """``GalleryOps`` backed by ``localai_sd.gallery``."""
+    """``GalleryOps`` backed by ``localai_sd.gallery``, within the server's strict install policy.
+
+    Preload is the operator's own configuration and installs like the CLI (trusted).
+    """
 
     def __init__(self, settings: Settings):
         """Use the galleries, models path and download policy of ``settings``."""
         self.settings = settings
+        self.guard = InstallPolicy.for_server(settings)
 
     def validate(self, body: dict[str, Any]) -> InstallRequest:
-        """Parse and check the request (fields, URL forms, gallery id, names, paths) without downloading."""
+        """Parse and check the request (fields, URL forms and policy, gallery id, names, paths) without downloading."""
         request = InstallRequest.from_dict(body)
-        validate_request(request, self.settings)
+        validate_request(request, self.settings, self.guard)
         return request
 
     def install(self, request: InstallRequest, status: InstallStatus) -> str:
         """Run the install, mirroring its progress events into ``status``; return the model name."""
         return install_model(
-            request, self.settings, progress=progress_into(status), cancel=status.cancel_event.is_set
+            request,
+            self.settings,
+            progress=progress_into(status),
+            cancel=status.cancel_event.is_set,
+            guard=self.guard,
         ).name
 
     def available(self) -> list[dict[str, Any]]:
         """Gallery entries as JSON-ready dicts, each with ``installed``."""
-        return [entry.to_dict() for entry in available_models(self.settings)]
+        return [entry.to_dict() for entry in available_models(self.settings, guard=self.guard)]
 
     def delete(self, name: str) -> None:
         """Remove model ``name`` (``ModelNotFound`` if it is not installed)."""

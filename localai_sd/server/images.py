@@ -1,7 +1,17 @@
-"""The URL-mode image store: unguessable names, a TTL, and serving only files this store wrote."""
+"""The URL-mode image store: unguessable signed names, a TTL, and serving only files this store wrote.
+
+A name is 16 random bytes and their HMAC-SHA256 (first 16 bytes) under a key kept in the image
+dir, URL-safe base64: 43 characters. At start the store adopts only files whose names carry a
+valid signature, so a file placed in the directory by anything else (a hostile install, another
+program) is never served, even after a restart.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -12,16 +22,59 @@ from pathlib import Path
 
 from localai_sd.errors import OutputError
 
-#: 32 random bytes, URL-safe base64: 256 bits, far beyond guessing.
-NAME_BYTES = 32
+#: Random bytes of a name (128 bits, far beyond guessing), and of its signature.
+NONCE_BYTES = 16
+TAG_BYTES = 16
 IMAGE_SUFFIX = ".png"
+PARTIAL_SUFFIX = ".partial"
 #: The only names this store writes (and so the only ones it serves).
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{43}\.png$")
+#: The store's signing key, a hidden file in the image dir (never a servable name).
+KEY_FILE = ".image-store.key"
+KEY_BYTES = 32
 
 
-def new_image_name() -> str:
-    """A fresh unguessable file name: 256 random bits, URL-safe, plus ``.png``."""
-    return secrets.token_urlsafe(NAME_BYTES) + IMAGE_SUFFIX
+def signature(key: bytes, nonce: bytes) -> bytes:
+    """The tag of ``nonce``: HMAC-SHA256 under ``key``, truncated to TAG_BYTES."""
+    return hmac.new(key, nonce, hashlib.sha256).digest()[:TAG_BYTES]
+
+
+def new_image_name(key: bytes) -> str:
+    """A fresh unguessable name signed with ``key``: base64url(nonce + tag) plus ``.png``."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return base64.urlsafe_b64encode(nonce + signature(key, nonce)).decode().rstrip("=") + IMAGE_SUFFIX
+
+
+def is_signed(name: str, key: bytes) -> bool:
+    """True if ``name`` has the store's form and a valid signature under ``key``."""
+    if not NAME_RE.match(name):
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(name[: -len(IMAGE_SUFFIX)] + "=")
+    except (binascii.Error, ValueError):
+        return False
+    nonce, tag = raw[:NONCE_BYTES], raw[NONCE_BYTES:]
+    return len(tag) == TAG_BYTES and hmac.compare_digest(tag, signature(key, nonce))
+
+
+def load_key(directory: Path) -> bytes:
+    """The store's key from ``directory``, created (owner-only) on first use."""
+    path = directory / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) == KEY_BYTES:
+            return key
+        raise OutputError(
+            f"image store key {KEY_FILE} is damaged; delete it (old image links stop working)"
+        ) from None
+    key = secrets.token_bytes(KEY_BYTES)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return key
 
 
 class ImageStore:
@@ -34,16 +87,27 @@ class ImageStore:
         self._clock = clock
         self._expires: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._key: bytes | None = None
+
+    def key(self) -> bytes:
+        """The signing key (the directory and key file are created on first use)."""
+        with self._lock:
+            if self._key is None:
+                try:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    self._key = load_key(self.directory)
+                except OSError as exc:
+                    raise OutputError(f"image path {self.directory} cannot be prepared: {exc}") from None
+            return self._key
 
     def prepare(self) -> None:
-        """Create the directory and adopt unexpired images a previous run wrote (by their name form)."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"image path {self.directory} cannot be created: {exc}") from None
+        """Create the directory; adopt unexpired images this store signed, drop its stale partials."""
+        key = self.key()
         now = self._clock()
         for path in self.directory.iterdir():
-            if NAME_RE.match(path.name) and path.is_file() and not path.is_symlink():
+            if path.name.endswith(PARTIAL_SUFFIX) and is_signed(path.name[: -len(PARTIAL_SUFFIX)], key):
+                path.unlink(missing_ok=True)
+            elif is_signed(path.name, key) and path.is_file() and not path.is_symlink():
                 expires = path.stat().st_mtime + self.ttl_seconds
                 if expires > now:
                     with self._lock:
@@ -53,9 +117,9 @@ class ImageStore:
 
     def save(self, png: bytes) -> str:
         """Write ``png`` under a new name (exclusive create, then rename) and return the name."""
-        name = new_image_name()
+        name = new_image_name(self.key())
         final = self.directory / name
-        partial = self.directory / (name + ".partial")
+        partial = self.directory / (name + PARTIAL_SUFFIX)
         try:
             with open(partial, "xb") as handle:
                 handle.write(png)

@@ -1,8 +1,10 @@
-"""Background work: the bounded generation queue (FIFO, worker threads) and install jobs.
+"""Background work: the bounded generation queue (FIFO, worker threads); install jobs live in ``installs``.
 
 Generation is CPU-bound in ncnn, which already uses every core, so it runs in worker
 threads (one by default) off the event loop. A full queue raises ``QueueFull`` (HTTP 429).
-A cancelled job is removed if still queued, or stopped at its next sampling step.
+A cancelled job is removed if still queued, or stopped at its next sampling step. On shutdown
+(``shutdown``, the first SIGTERM/SIGINT) every queued job fails with ``ShuttingDown`` at once and
+the running one stops at its next step.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from localai_sd.errors import Cancelled, QueueFull
+from localai_sd.errors import Cancelled, QueueFull, ShuttingDown
 from localai_sd.models import ModelConfig
 from localai_sd.pipeline.pipeline import GeneratedImage, StepEvent
 from localai_sd.pipeline.request import GenerationRequest
+from localai_sd.server.installs import InstallJobs, InstallStatus, human_size
+
+__all__ = ["GenerationJob", "GenerationQueue", "InstallJobs", "InstallStatus", "human_size"]
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 #: Finished generation jobs kept for ``GET /v1/images/jobs``.
 KEEP_FINISHED_JOBS = 32
-#: 1024-based units, as LocalAI's ``formatBytes``.
-BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
 @dataclass
@@ -106,14 +109,24 @@ class GenerationQueue:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
-        """Cancel every job and stop the workers (waiting for running jobs to reach a step)."""
+    def shutdown(self) -> None:
+        """Refuse new jobs, fail every queued job with ShuttingDown now, stop running ones at their next step."""
         with self._cond:
             self._stopping = True
-            jobs = list(self._waiting) + list(self._running)
+            waiting, running = list(self._waiting), list(self._running)
+            self._waiting.clear()
+            for job in waiting:
+                job.cancel_event.set()
+                self._finish(
+                    job, CANCELLED, ShuttingDown("the server is shutting down; the queued job was cancelled")
+                )
             self._cond.notify_all()
-        for job in jobs:
-            self.cancel(job)
+        for job in running:
+            job.cancel_event.set()
+
+    def stop(self) -> None:
+        """Shut down and wait for the workers (a running job stops at its next step)."""
+        self.shutdown()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
@@ -178,7 +191,8 @@ class GenerationQueue:
         except Cancelled as exc:
             with self._cond:
                 self._running.remove(job)
-                self._finish(job, CANCELLED, exc)
+                stopped = ShuttingDown("the server is shutting down; the running job was stopped")
+                self._finish(job, CANCELLED, stopped if self._stopping else exc)
         except BaseException as exc:
             with self._cond:
                 self._running.remove(job)
@@ -196,112 +210,3 @@ class GenerationQueue:
         self._finished.append(job)
         if not job.future.done():
             job.future.set_exception(exc)
-
-
-def human_size(num_bytes: int | None) -> str:
-    """Bytes as LocalAI's human string, 1024-based (``"1.7 GiB"``); ``""`` when unknown."""
-    if num_bytes is None:
-        return ""
-    value, unit = float(num_bytes), BYTE_UNITS[0]
-    for unit in BYTE_UNITS:
-        if value < 1024 or unit == BYTE_UNITS[-1]:
-            break
-        value /= 1024
-    return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-
-
-@dataclass
-class InstallStatus:
-    """LocalAI's ``/models/jobs/{uuid}`` fields, with the error as text and sizes in bytes too."""
-
-    uuid: str
-    processed: bool = False
-    message: str = "waiting"
-    progress: float = 0.0
-    file_name: str = ""
-    current_bytes: int = 0
-    total_bytes: int = 0
-    error: str | None = None
-    cancelled: bool = False
-    deletion: bool = False
-    gallery_model_name: str = ""
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def as_json(self) -> dict[str, Any]:
-        """The JSON body of the job status."""
-        return {
-            "uuid": self.uuid,
-            "processed": self.processed,
-            "message": self.message,
-            "progress": self.progress,
-            "file_name": self.file_name,
-            "downloaded_size": human_size(self.current_bytes)
-            if self.total_bytes or self.current_bytes
-            else "",
-            "file_size": human_size(self.total_bytes) if self.total_bytes else "",
-            "downloaded_bytes": self.current_bytes,
-            "file_size_bytes": self.total_bytes,
-            "error": self.error,
-            "cancelled": self.cancelled,
-            "deletion": self.deletion,
-            "gallery_model_name": self.gallery_model_name,
-        }
-
-
-InstallWork = Callable[[InstallStatus], str | None]
-
-
-class InstallJobs:
-    """Install jobs, each on its own thread so one install never waits behind another."""
-
-    def __init__(self) -> None:
-        """An empty job table."""
-        self._jobs: dict[str, InstallStatus] = {}
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def start(self, work: InstallWork, *, name: str = "") -> InstallStatus:
-        """Run ``work(status)`` on a new thread; it returns a final message or raises."""
-        status = InstallStatus(uuid=str(uuid.uuid1()), gallery_model_name=name, message="processing")
-        with self._lock:
-            self._jobs[status.uuid] = status
-        thread = threading.Thread(
-            target=self._run, args=(work, status), name=f"localai-sd-install-{status.uuid}", daemon=True
-        )
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-        return status
-
-    def get(self, job_id: str) -> InstallStatus | None:
-        """The status of job ``job_id``, or None."""
-        with self._lock:
-            return self._jobs.get(job_id)
-
-    def all(self) -> dict[str, InstallStatus]:
-        """Every job, by uuid."""
-        with self._lock:
-            return dict(self._jobs)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask every job to cancel and wait a little for their threads."""
-        with self._lock:
-            statuses, threads = list(self._jobs.values()), list(self._threads)
-        for status in statuses:
-            status.cancel_event.set()
-        for thread in threads:
-            thread.join(timeout)
-
-    @staticmethod
-    def _run(work: InstallWork, status: InstallStatus) -> None:
-        """Run one install and record ``completed`` or the error text."""
-        try:
-            message = work(status)
-        except Cancelled as exc:
-            status.cancelled, status.error, status.message = True, str(exc), f"cancelled: {exc}"
-        except Exception as exc:
-            text = str(exc) or type(exc).__name__
-            status.error, status.message = text, f"error: {text}"
-        else:
-            status.progress, status.message = 100.0, message or "completed"
-        status.processed = True
