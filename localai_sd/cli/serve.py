@@ -48,6 +48,9 @@ def build_settings(
     max_loaded_models: int | None = None,
     workers: int | None = None,
     low_memory: bool | None = None,
+    allow_local_dirs: list[Path] | None = None,
+    allow_private_hosts: bool | None = None,
+    allow_unverified: bool | None = None,
 ) -> Settings:
     """Settings from LocalAI's env vars, then the flags given (flags win)."""
     for name, value in (("threads", threads), ("upload-limit", upload_limit), ("image-ttl", image_ttl)):
@@ -82,6 +85,9 @@ def build_settings(
         max_loaded_models=max_loaded_models,
         workers=workers,
         low_memory=low_memory or None,
+        local_install_dirs=tuple(allow_local_dirs) if allow_local_dirs else None,
+        allow_private_hosts=allow_private_hosts or None,
+        allow_unverified_installs=allow_unverified or None,
     )
 
 
@@ -158,6 +164,29 @@ def register(app: typer.Typer) -> None:
                 "--low-memory", envvar="LOW_MEMORY", help="Less peak memory, slower decode (see README)."
             ),
         ] = False,
+        allow_local_dirs: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--allow-local-dir",
+                help="Directory /models/apply may install local files from (repeat; env LOCAL_INSTALL_DIRS).",
+            ),
+        ] = None,
+        allow_private_hosts: Annotated[
+            bool,
+            typer.Option(
+                "--allow-private-hosts",
+                envvar="ALLOW_PRIVATE_HOSTS",
+                help="Let /models/apply fetch loopback, private and link-local hosts (a LAN mirror).",
+            ),
+        ] = False,
+        allow_unverified: Annotated[
+            bool,
+            typer.Option(
+                "--allow-unverified",
+                envvar="ALLOW_UNVERIFIED_INSTALLS",
+                help="Let /models/apply install gallery files that have no sha256.",
+            ),
+        ] = False,
     ) -> None:
         """Run the OpenAI-compatible image API (POST /v1/images/generations) and model management."""
         import uvicorn
@@ -183,6 +212,9 @@ def register(app: typer.Typer) -> None:
             max_loaded_models=max_loaded_models,
             workers=workers,
             low_memory=low_memory,
+            allow_local_dirs=allow_local_dirs,
+            allow_private_hosts=allow_private_hosts,
+            allow_unverified=allow_unverified,
         )
         host, port = parse_address(settings.address)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
