@@ -49,8 +49,17 @@ class Settings:
     preload_models: str | None = None
     preload_models_config: Path | None = None
     upload_limit_mb: int = DEFAULT_UPLOAD_LIMIT_MB
-    cors: bool = False
-    cors_allow_origins: tuple[str, ...] = ("*",)
+    #: Browser origins (``https://ui.example``) whose pages may call the API; ``*`` lets any page
+    #: read answers, but state-changing requests still need a listed origin (README "Security").
+    cors_allow_origins: tuple[str, ...] = ()
+    #: Host names accepted in ``Host`` besides localhost names and IP literals; ``*`` accepts any.
+    allowed_hosts: tuple[str, ...] = ()
+    #: Peers (IPs, CIDR networks, ``*``) whose ``X-Forwarded-*`` headers are trusted; none by default.
+    forwarded_allow_ips: tuple[str, ...] = ()
+    #: Seconds a client has to send a request head, and the longest pause while sending a body.
+    header_timeout_seconds: float = 10.0
+    #: Most open connections; None derives it from the open-file limit (``ulimit -n``).
+    limit_concurrency: int | None = None
     #: Public base URL for image links behind a proxy, e.g. https://example.com/sd
     base_url: str | None = None
     image_ttl_seconds: int = DEFAULT_IMAGE_TTL_SECONDS
@@ -116,6 +125,11 @@ class Settings:
             values["galleries"] = parse_galleries(v)
         if v := env.get("LOCALAI_MIRRORS"):
             values["mirrors"] = parse_mirrors(v)
+        for name in ("CORS_ALLOW_ORIGINS", "ALLOWED_HOSTS", "FORWARDED_ALLOW_IPS"):
+            if v := env.get(name):
+                values[name.lower()] = parse_list(v)
+        if v := env.get("LIMIT_CONCURRENCY"):
+            values["limit_concurrency"] = parse_positive_int(v, "LIMIT_CONCURRENCY")
         if v := env.get("PRELOAD_MODELS"):
             values["preload_models"] = v
         if v := env.get("PRELOAD_MODELS_CONFIG"):
@@ -145,6 +159,11 @@ def parse_positive_int(text: str, name: str) -> int:
     if value < 1:
         raise InvalidRequest(f"{name} must be a positive integer, got {value}", param=name)
     return value
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated list, dropping blanks."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def parse_api_keys(text: str) -> tuple[str, ...]:

@@ -80,13 +80,18 @@ def test_nulls_unknown_fields_object_format_steps_and_negative_prompt(client: Te
 def test_url_images_are_absolute_served_once_written_and_nothing_else(
     tiny_models: Path, tmp_path: Path
 ) -> None:
+    headers = {
+        "x-forwarded-proto": "https",
+        "x-forwarded-host": "ai.example.com",
+        "x-forwarded-prefix": "/sd",
+    }
+    body = {"prompt": "a boat", "size": "64x64", "step": 2, "seed": 3}
     with TestClient(create_app(settings_for(tiny_models, tmp_path))) as client:
-        headers = {
-            "x-forwarded-proto": "https",
-            "x-forwarded-host": "ai.example.com",
-            "x-forwarded-prefix": "/sd",
-        }
-        body = {"prompt": "a boat", "size": "64x64", "step": 2, "seed": 3}
+        # Proxy headers from a peer not in --forwarded-allow-ips are ignored (no link spoofing).
+        item = client.post("/v1/images/generations", json=body, headers=headers).json()["data"][0]
+        assert item["url"].startswith("http://testserver/generated-images/")
+    trusted = settings_for(tiny_models, tmp_path, forwarded_allow_ips=("testclient",))
+    with TestClient(create_app(trusted)) as client:
         item = client.post("/v1/images/generations", json=body, headers=headers).json()["data"][0]
         prefix = "https://ai.example.com/sd/generated-images/"
         assert item["url"].startswith(prefix) and item["seed"] == 3
@@ -205,7 +210,8 @@ def test_url_images_expire_after_the_ttl_and_are_deleted(tiny_models: Path, tmp_
 
 def test_cors_preflight_when_enabled(tiny_models: Path, tmp_path: Path) -> None:
     headers = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
-    with TestClient(create_app(settings_for(tiny_models, tmp_path, cors=True, api_keys=("k",)))) as client:
+    settings = settings_for(tiny_models, tmp_path, cors_allow_origins=("*",), api_keys=("k",))
+    with TestClient(create_app(settings)) as client:
         preflight = client.options("/v1/images/generations", headers=headers)
         assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
     with TestClient(create_app(settings_for(tiny_models, tmp_path))) as client:

@@ -10,7 +10,7 @@ import typer
 
 from localai_sd.cli.app import handle_errors
 from localai_sd.errors import InvalidRequest
-from localai_sd.settings import Settings, parse_api_keys, parse_galleries
+from localai_sd.settings import Settings, parse_api_keys, parse_galleries, parse_list
 
 #: LocalAI's ``:8080`` means every interface.
 ALL_INTERFACES = "0.0.0.0"
@@ -40,8 +40,11 @@ def build_settings(
     preload_models: str | None = None,
     preload_models_config: Path | None = None,
     upload_limit: int | None = None,
-    cors: bool | None = None,
-    cors_allow_origins: str | None = None,
+    cors: list[str] | None = None,
+    allowed_hosts: str | None = None,
+    forwarded_allow_ips: str | None = None,
+    header_timeout: float | None = None,
+    limit_concurrency: int | None = None,
     base_url: str | None = None,
     image_ttl: int | None = None,
     queue_size: int | None = None,
@@ -56,16 +59,21 @@ def build_settings(
     for name, value in (("threads", threads), ("upload-limit", upload_limit), ("image-ttl", image_ttl)):
         if value is not None and value < 1:
             raise InvalidRequest(f"--{name} must be a positive integer, got {value}", param=name)
-    for name, value in (("max-loaded-models", max_loaded_models), ("workers", workers)):
+    for name, value in (
+        ("max-loaded-models", max_loaded_models),
+        ("workers", workers),
+        ("limit-concurrency", limit_concurrency),
+    ):
         if value is not None and value < 1:
             raise InvalidRequest(f"--{name} must be a positive integer, got {value}", param=name)
     if queue_size is not None and queue_size < 0:
         raise InvalidRequest(f"--queue-size must be 0 or more, got {queue_size}", param="queue-size")
+    if header_timeout is not None and not header_timeout > 0:
+        raise InvalidRequest(
+            f"--header-timeout must be positive seconds, got {header_timeout}", param="header-timeout"
+        )
     if address is not None:
         parse_address(address)
-    origins = (
-        tuple(o.strip() for o in cors_allow_origins.split(",") if o.strip()) if cors_allow_origins else None
-    )
     return Settings.from_env(
         env,
         address=address,
@@ -77,8 +85,11 @@ def build_settings(
         preload_models=preload_models,
         preload_models_config=preload_models_config,
         upload_limit_mb=upload_limit,
-        cors=cors,
-        cors_allow_origins=origins,
+        cors_allow_origins=parse_list(",".join(cors)) if cors else None,
+        allowed_hosts=parse_list(allowed_hosts) if allowed_hosts else None,
+        forwarded_allow_ips=parse_list(forwarded_allow_ips) if forwarded_allow_ips else None,
+        header_timeout_seconds=header_timeout,
+        limit_concurrency=limit_concurrency,
         base_url=base_url,
         image_ttl_seconds=image_ttl,
         queue_size=queue_size,
@@ -131,10 +142,43 @@ def register(app: typer.Typer) -> None:
         upload_limit: Annotated[
             int | None, typer.Option(envvar="UPLOAD_LIMIT", help="Request body limit in MB [default: 15]")
         ] = None,
-        cors: Annotated[bool | None, typer.Option("--cors", envvar="CORS", help="Enable CORS")] = None,
-        cors_allow_origins: Annotated[
+        cors: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--cors",
+                "--cors-allow-origins",
+                envvar="CORS_ALLOW_ORIGINS",
+                help="Web page origin allowed to call the API, e.g. https://ui.example (repeat or comma-list;"
+                " '*' lets any page read, not change) [default: none]",
+            ),
+        ] = None,
+        allowed_hosts: Annotated[
             str | None,
-            typer.Option(envvar="CORS_ALLOW_ORIGINS", help="Comma-separated CORS origins [default: *]"),
+            typer.Option(
+                envvar="ALLOWED_HOSTS",
+                help="Comma-separated Host names to answer besides localhost and IPs ('*' = any)",
+            ),
+        ] = None,
+        forwarded_allow_ips: Annotated[
+            str | None,
+            typer.Option(
+                envvar="FORWARDED_ALLOW_IPS",
+                help="Proxy IPs/networks whose X-Forwarded-* headers are trusted [default: none]",
+            ),
+        ] = None,
+        header_timeout: Annotated[
+            float | None,
+            typer.Option(
+                envvar="HEADER_TIMEOUT",
+                help="Seconds to send a request head; longest body pause [default: 10]",
+            ),
+        ] = None,
+        limit_concurrency: Annotated[
+            int | None,
+            typer.Option(
+                envvar="LIMIT_CONCURRENCY",
+                help="Most open connections; past it the oldest idle one is closed [default: ulimit -n - 128]",
+            ),
         ] = None,
         base_url: Annotated[
             str | None,
@@ -192,6 +236,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from localai_sd.server.app import create_app
+        from localai_sd.server.http_limits import quiet_accept_errors, server_config
 
         settings = build_settings(
             dict(os.environ),
@@ -205,7 +250,10 @@ def register(app: typer.Typer) -> None:
             preload_models_config=preload_models_config,
             upload_limit=upload_limit,
             cors=cors,
-            cors_allow_origins=cors_allow_origins,
+            allowed_hosts=allowed_hosts,
+            forwarded_allow_ips=forwarded_allow_ips,
+            header_timeout=header_timeout,
+            limit_concurrency=limit_concurrency,
             base_url=base_url,
             image_ttl=image_ttl,
             queue_size=queue_size,
@@ -217,4 +265,8 @@ def register(app: typer.Typer) -> None:
             allow_unverified=allow_unverified,
         )
         host, port = parse_address(settings.address)
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=False)
+        config = server_config(
+            create_app(settings), host, port, settings.header_timeout_seconds, settings.limit_concurrency
+        )
+        quiet_accept_errors()
+        uvicorn.Server(config).run()

@@ -14,14 +14,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from localai_sd.errors import LocalAISDError, OutputError
 from localai_sd.gallery.store import models_root, sweep_partials
 from localai_sd.models import ModelConfig
 from localai_sd.server import routes_images, routes_models
+from localai_sd.server.csrf import CsrfGuard, HostGuard, declared_multipart_paths
 from localai_sd.server.errors import (
     INVALID_REQUEST,
     SERVER_ERROR,
+    STATUS_CLIENT_CLOSED,
     ApiError,
     error_response,
     from_library_error,
@@ -30,8 +33,9 @@ from localai_sd.server.errors import (
 from localai_sd.server.gallery_ops import GalleryOps, LibraryGallery
 from localai_sd.server.images import ImageStore
 from localai_sd.server.installs import InstallJobs
-from localai_sd.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware
+from localai_sd.server.middleware import ApiKeyMiddleware, BodyLimitMiddleware, ForwardedHeadersMiddleware
 from localai_sd.server.models_cache import Loader, ModelCache, Pipeline
+from localai_sd.server.openapi import install_openapi
 from localai_sd.server.shutdown import begin_shutdown, on_first_signal
 from localai_sd.server.state import ServerState
 from localai_sd.settings import Settings
@@ -151,6 +155,10 @@ def install_error_handlers(app: FastAPI) -> None:
         type_ = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
         return error_response(ApiError(exc.status_code, message, type_, code=HTTP_CODES.get(exc.status_code)))
 
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        """The client went away while sending its body (or was timed out): nobody reads this answer."""
+        return error_response(ApiError(STATUS_CLIENT_CLOSED, "the client closed the connection"))
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         """A real server fault: 500, and no retry (a retried generation costs minutes)."""
         LOG.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -161,18 +169,17 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LocalAISDError, on_library_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
 
 
 def add_health_routes(app: FastAPI, state: ServerState) -> None:
     """``/healthz`` (alive) and ``/readyz`` (started; with queue numbers), both open and instant."""
 
-    @app.get("/healthz", summary="Liveness")
     async def healthz() -> Response:
         """200 while the process serves requests."""
         return Response(status_code=200)
 
-    @app.get("/readyz", summary="Readiness")
     async def readyz() -> JSONResponse:
         """200 once started (503 before), with running/queued counts and loaded models."""
         running, waiting = state.queue.busy()
@@ -183,6 +190,11 @@ def add_health_routes(app: FastAPI, state: ServerState) -> None:
             "loaded_models": state.models.loaded(),
         }
         return JSONResponse(body, status_code=200 if state.ready else 503)
+
+    for path, endpoint, summary in (("/healthz", healthz, "Liveness"), ("/readyz", readyz, "Readiness")):
+        for method in ("GET", "HEAD"):
+            operation_id = f"{method.lower()}_{path.strip('/')}"
+            app.add_api_route(path, endpoint, methods=[method], summary=summary, operation_id=operation_id)
 
 
 def create_app(
@@ -200,13 +212,26 @@ def create_app(
     add_health_routes(app, state)
     app.include_router(routes_images.build_router())
     app.include_router(routes_models.build_router())
+    add_middleware(app, settings)
+    install_openapi(app)
+    return app
+
+
+def add_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outermost first: proxy headers, Host, CORS, Origin/Content-Type, API key, body limit."""
     app.add_middleware(BodyLimitMiddleware, limit_mb=settings.upload_limit_mb)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
-    if settings.cors:
+    app.add_middleware(
+        CsrfGuard,
+        allowed_origins=settings.cors_allow_origins,
+        multipart_paths=lambda: declared_multipart_paths(app.openapi()),
+    )
+    if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(settings.cors_allow_origins),
+            allow_origins=["*"] if "*" in settings.cors_allow_origins else list(settings.cors_allow_origins),
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    return app
+    app.add_middleware(HostGuard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(ForwardedHeadersMiddleware, trusted=settings.forwarded_allow_ips)

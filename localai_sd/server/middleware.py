@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: API-key auth and the request body limit.
+"""Pure ASGI middleware: API-key auth, the request body limit, and trusted proxy headers.
 
 Pure ASGI (not Starlette's ``BaseHTTPMiddleware``) so that a route still sees the
 client's ``http.disconnect`` and can cancel its generation.
@@ -7,11 +7,13 @@ client's ``http.disconnect`` and can cancel its generation.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from localai_sd.server.errors import AUTHENTICATION, INVALID_REQUEST, error_body
 
@@ -44,11 +46,15 @@ async def send_error(send: Send, status: int, body: dict[str, Any], headers: dic
 
 
 def bearer_token(scope: Scope) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    """The key of an ``Authorization: Bearer <key>`` header, else of an ``x-api-key`` header, or None."""
     for key, value in scope.get("headers", []):
         if key == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    for key, value in scope.get("headers", []):
+        if key == b"x-api-key" and value.strip():
+            return value.decode("latin-1").strip()
     return None
 
 
@@ -61,7 +67,7 @@ def key_matches(token: str, keys: tuple[str, ...]) -> bool:
 
 
 class ApiKeyMiddleware:
-    """With keys set, every route but the health routes needs ``Authorization: Bearer <key>``."""
+    """With keys set, every route but the health routes needs ``Authorization: Bearer <key>`` or ``x-api-key``."""
 
     def __init__(self, app: ASGIApp, keys: tuple[str, ...]):
         """Wrap ``app``, allowing ``keys``."""
@@ -81,9 +87,9 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         message = (
-            "missing API key: send the header 'Authorization: Bearer <key>'"
+            "missing API key: send the header 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
             if token is None
-            else "invalid API key: the key in 'Authorization: Bearer <key>' is not one of the server's keys"
+            else "invalid API key: the key sent is not one of the server's keys"
         )
         code = "missing_api_key" if token is None else "invalid_api_key"
         headers = {"x-should-retry": "false", "www-authenticate": "Bearer"}
@@ -142,3 +148,52 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not started:
                 await send_error(send, 413, *self._too_large())
+
+
+def peer_trusted(peer: str | None, trusted: tuple[str, ...]) -> bool:
+    """Whether ``peer`` (the connection's address) is in ``trusted``: ``*``, an IP, a CIDR network, or a name."""
+    if not trusted or peer is None:
+        return False
+    if "*" in trusted or peer in trusted:
+        return True
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    for item in trusted:
+        try:
+            if address in ipaddress.ip_network(item, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def without_forwarded(scope: Scope) -> Scope:
+    """A copy of ``scope`` without ``X-Forwarded-*`` and ``Forwarded`` headers."""
+    headers = [
+        (k, v) for k, v in scope.get("headers", []) if not k.startswith(b"x-forwarded-") and k != b"forwarded"
+    ]
+    return {**scope, "headers": headers}
+
+
+class ForwardedHeadersMiddleware:
+    """Honour ``X-Forwarded-*`` only from ``--forwarded-allow-ips`` peers; drop them from anyone else.
+
+    From a trusted peer, uvicorn's ``ProxyHeadersMiddleware`` (with the same list) sets the client
+    address and scheme, and ``urls.public_base_url`` reads Host and Prefix. Run uvicorn itself with
+    ``proxy_headers=False``: its default trusts 127.0.0.1, which on a desktop is every local program.
+    """
+
+    def __init__(self, app: ASGIApp, trusted: tuple[str, ...]):
+        """Wrap ``app``, trusting the peers in ``trusted``."""
+        self.app: ASGIApp = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted)) if trusted else app  # type: ignore[arg-type,assignment]
+        self.trusted = trusted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Strip proxy headers from untrusted peers, then pass on."""
+        if scope["type"] in ("http", "websocket"):
+            client = scope.get("client")
+            if not peer_trusted(client[0] if client else None, self.trusted):
+                scope = without_forwarded(scope)
+        await self.app(scope, receive, send)

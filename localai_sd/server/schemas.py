@@ -16,6 +16,10 @@ from localai_sd.server.errors import ApiError, validation_error
 
 #: OpenAI ``response_format`` values (openai-openapi ``CreateImageRequest``).
 RESPONSE_FORMATS = ("url", "b64_json")
+#: Deepest nesting of arrays/objects a request body may have (the bodies here need 4).
+MAX_JSON_DEPTH = 32
+#: Longest ``size`` text; ``WIDTHxHEIGHT`` needs at most 11 characters.
+MAX_SIZE_CHARS = 32
 
 
 class ResponseFormatObject(BaseModel):
@@ -49,6 +53,14 @@ class ImageGenerationBody(BaseModel):
     user: Any = None
     quality: Any = None
     style: Any = None
+
+    @field_validator("size")
+    @classmethod
+    def _short_size(cls, value: str | None) -> str | None:
+        """Refuse an absurd ``size`` before anything parses its numbers."""
+        if value is not None and len(value) > MAX_SIZE_CHARS:
+            raise ValueError(f"must be WIDTHxHEIGHT such as 512x512, at most {MAX_SIZE_CHARS} characters")
+        return value
 
     @field_validator("response_format")
     @classmethod
@@ -86,6 +98,43 @@ class ImagesResponse(BaseModel):
     size: str
 
 
+class ErrorObject(BaseModel):
+    """OpenAI's ``Error``: what went wrong, its kind, the offending parameter and a stable code."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's ``ErrorResponse``: every error this server answers has this body."""
+
+    error: ErrorObject
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: started or not, queue numbers and warm models."""
+
+    ready: bool
+    running: int
+    queued: int
+    loaded_models: list[str]
+
+
+class ApplyResponse(BaseModel):
+    """``POST /models/apply``: the install job's id and its status URL."""
+
+    uuid: str
+    status: str
+
+
+class MessageResponse(BaseModel):
+    """A one-line confirmation, e.g. of a delete."""
+
+    message: str
+
+
 class ApplyBody(BaseModel):
     """``POST /models/apply``: LocalAI's install request (passed on to the gallery as a dict)."""
 
@@ -118,26 +167,76 @@ class ModelList(BaseModel):
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
-async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
-    """Read the body as JSON whatever its Content-Type (curl -d sends form type) and validate it."""
-    raw = await request.body()
+def json_problem(data: Any) -> ApiError | None:
+    """A 400 for JSON nested past MAX_JSON_DEPTH, or holding text UTF-8 cannot encode (a lone surrogate)."""
+    stack: list[tuple[Any, int, str | None]] = [(data, 0, None)]
+    while stack:
+        value, depth, param = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            message = f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
+            return ApiError(400, message, param=param, code="invalid_json")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not is_utf8(key):
+                    return ApiError(
+                        400, f"a field name is not valid Unicode text: {key!r}", code="invalid_json"
+                    )
+                stack.append((item, depth + 1, param or key))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, param) for item in value)
+        elif isinstance(value, str) and not is_utf8(value):
+            message = f"{param or 'the body'} is not valid Unicode text (a lone surrogate such as \\ud800)"
+            return ApiError(400, message, param=param, code="invalid_text")
+    return None
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (false for lone surrogates)."""
     try:
-        data = json.loads(raw) if raw.strip() else None
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def load_json(raw: bytes) -> Any:
+    """Decode a JSON body; every decoding failure is a 400, never a 500."""
+    try:
+        return json.loads(raw) if raw.strip() else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        message = f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
+        raise ApiError(400, message, code="invalid_json") from None
+    except ValueError as exc:  # a number past Python's int digit limit (4300 digits)
+        raise ApiError(
+            400, f"the request body has a number too long to read: {exc}", code="invalid_json"
+        ) from None
+
+
+async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
+    """Read the body as JSON whatever its Content-Type (curl -d sends form type) and validate it.
+
+    ``CsrfGuard`` has already refused form types from browsers; a JSON body from curl is fine.
+    """
+    data = load_json(await request.body())
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}")
+    if problem := json_problem(data):
+        raise problem
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc.errors(include_url=False)) from None
 
 
+def component_ref(model: type[BaseModel]) -> dict[str, str]:
+    """A ``$ref`` to ``model`` under the OpenAPI document's ``components/schemas``."""
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for a route that parses its JSON body itself."""
+    """OpenAPI ``requestBody`` for a route that parses its JSON body itself (``openapi.py`` adds the schema)."""
     return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
+        "requestBody": {"required": True, "content": {"application/json": {"schema": component_ref(model)}}}
     }
