@@ -190,7 +190,7 @@ class InstallJobs:
         """Drop finished jobs older than the TTL, then the oldest beyond ``keep`` (called under the lock)."""
         now = self._clock()
         finished = [s for s in self._jobs.values() if s.finished_at is not None]
-        expired = {s.uuid for s in finished if now - (s.finished_at or now) > self._ttl}
+        expired = {s.uuid for s in finished if s.finished_at is not None and now - s.finished_at > self._ttl}
         live = sorted((s for s in finished if s.uuid not in expired), key=lambda s: s.finished_at or now)
         surplus = {s.uuid for s in live[: max(0, len(live) - self._keep)]}
         for key in expired | surplus:
