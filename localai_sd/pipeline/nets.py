@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,8 +18,10 @@ from pathlib import Path
 import ncnn
 import numpy as np
 
-from localai_sd.errors import AssetError, InvalidRequest
+from localai_sd.errors import AssetError, Cancelled, InvalidRequest
 from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.param_check import check_param
+from localai_sd.pipeline.param_shapes import Shape
 
 #: CLIP context length (tokens per chunk, incl. start/end), and its hidden size (openai/clip-vit-large-patch14).
 CONTEXT_LENGTH = 77
@@ -186,8 +189,14 @@ def load_net(
     param_name: str,
     weights: Path | SyntheticWeights,
     options: NetOptions,
+    blob_shapes: Mapping[str, Shape] | None = None,
 ) -> ncnn.Net:
-    """Build an ncnn Net from .param text (in memory) and a .bin path or synthetic weights."""
+    """Build an ncnn Net from .param text (in memory) and a .bin path or synthetic weights.
+
+    The text is checked first (:func:`param_check.check_param`, against the I/O ``blob_shapes`` when given),
+    so a malformed .param is an AssetError naming the file and line instead of a crash inside ncnn.
+    """
+    check_param(param_text, param_name, blob_shapes)
     net = ncnn.Net()
     options.apply(net.opt)
     _check(net.load_param_mem(param_text), f"asset file {param_name!r} is not a valid ncnn .param")
@@ -381,10 +390,17 @@ class TextEncoder(NcnnModel):
         (conds,) = self._run(feeds, self.outputs)
         return conds.reshape(-1, EMBED_DIM)
 
-    def encode(self, chunks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Encode (tokens, multipliers) chunks in order into one (77*len(chunks), 768) array."""
+    def encode(
+        self, chunks: list[tuple[np.ndarray, np.ndarray]], should_cancel: Callable[[], bool] | None = None
+    ) -> np.ndarray:
+        """Encode (tokens, multipliers) chunks in order into one (77*len(chunks), 768) array.
+
+        ``should_cancel`` is asked before each chunk; when it answers True, Cancelled is raised.
+        """
         cond = None
         for tokens, multipliers in chunks:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("prompt encoding was cancelled")
             cond = self(tokens, multipliers, cond)
         if cond is None:
             raise InvalidRequest("no prompt chunks to encode: at least one 77-token chunk is required")
