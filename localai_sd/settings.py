@@ -80,6 +80,11 @@ class Settings:
     max_n_steps: int = 1000
     #: Cap on width * height of one request (1024x1024 by default).
     max_pixels: int = 1024 * 1024
+    #: Cap on n * steps * width * height of one request (10 images of 100 steps at 512x512).
+    max_pixel_steps: int = 10 * 100 * 512 * 512
+    #: Peak resident memory a request may need (estimated, localai_sd/pipeline/memory.py); None derives it
+    #: from the machine's RAM when the server or the CLI starts (MAX_MEMORY, --max-memory, e.g. "12G").
+    max_memory_bytes: int | None = None
     #: Download timeouts, seconds.
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -140,6 +145,8 @@ class Settings:
             values["low_memory"] = True
         if v := env.get("BASE_URL"):
             values["base_url"] = v
+        if v := env.get("MAX_MEMORY"):
+            values["max_memory_bytes"] = parse_memory_size(v, "MAX_MEMORY")
         if v := env.get("LOCAL_INSTALL_DIRS"):
             values["local_install_dirs"] = tuple(Path(d) for d in v.split(os.pathsep) if d.strip())
         if env.get("ALLOW_PRIVATE_HOSTS", "").lower() in ("1", "true", "yes"):
@@ -164,6 +171,22 @@ def parse_positive_int(text: str, name: str) -> int:
 def parse_list(text: str) -> tuple[str, ...]:
     """Parse a comma-separated list, dropping blanks."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_memory_size(text: str, name: str) -> int:
+    """Parse a byte count with an optional binary suffix (``12G``, ``800M``, ``12GiB``, ``12884901888``)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in units else ""
+    try:
+        value = float(number[: len(number) - len(unit)]) * units[unit]
+    except ValueError:
+        value = 0
+    if not 0 < value < 1 << 60:
+        raise InvalidRequest(
+            f"{name} must be a memory size such as 12G, 800M or a byte count, got {text!r}", param=name
+        )
+    return int(value)
 
 
 def parse_api_keys(text: str) -> tuple[str, ...]:

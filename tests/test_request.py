@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from localai_sd.errors import InvalidRequest
-from localai_sd.pipeline.request import MAX_SEED, GenerationRequest, parse_size, split_negative
+from localai_sd.pipeline.request import (
+    MAX_SEED,
+    GenerationRequest,
+    Limits,
+    check_limits,
+    parse_size,
+    split_negative,
+)
+from localai_sd.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -77,3 +87,67 @@ def test_bad_values_are_named(field: str, value: object, rule: str) -> None:
         GenerationRequest.create("x", **{field: value})
     assert repr(value) in str(info.value)
     assert info.value.param in {field, "step" if field == "steps" else field}
+
+
+def test_prompt_and_negative_prompt_share_the_character_limit() -> None:
+    # The attack: a short prompt with a huge negative prompt slipped past a limit on `prompt` alone.
+    with pytest.raises(InvalidRequest, match="5 \\+ 18000") as info:
+        GenerationRequest.create("a cat", negative_prompt="BREAK " * 3000)
+    assert info.value.param == "negative_prompt" and "limit is 4000" in str(info.value)
+    with pytest.raises(InvalidRequest, match="together") as info:
+        GenerationRequest.create("a cat|" + "BREAK " * 3000)
+    assert info.value.param == "prompt"
+    GenerationRequest.create("x" * 2000 + "|" + "y" * 2000)  # 4000 together: at the limit
+
+
+def test_a_custom_character_limit_counts_both_prompts() -> None:
+    limits = Limits(max_prompt_chars=10)
+    GenerationRequest.create("12345", negative_prompt="67890", limits=limits)
+    # The negative prompt after "|" and the field are joined as "6, 7890": 7 characters.
+    with pytest.raises(InvalidRequest, match="12 characters together .5 \\+ 7."):
+        GenerationRequest.create("12345|6", negative_prompt="7890", limits=limits)
+
+
+@pytest.mark.parametrize(("prompt", "negative", "param"), [("a \ud800 cat", None, "prompt"),
+                         ("a cat|\udfff", None, "prompt"), ("a cat", "x\udc80", "negative_prompt")])  # fmt: skip
+def test_lone_surrogates_are_refused_up_front(prompt: str, negative: str | None, param: str) -> None:
+    # Before: accepted, then the PNG writer failed after the whole generation.
+    with pytest.raises(InvalidRequest, match="lone surrogate") as info:
+        GenerationRequest.create(prompt, negative_prompt=negative)
+    assert info.value.param == param
+    str(info.value).encode("utf-8")  # the message itself is printable
+
+
+def test_non_string_negative_prompt_is_named() -> None:
+    with pytest.raises(InvalidRequest, match="negative_prompt must be a string") as info:
+        GenerationRequest.create("x", negative_prompt=5)  # type: ignore[arg-type]
+    assert info.value.param == "negative_prompt"
+
+
+def test_total_work_is_bounded_by_pixels_too() -> None:
+    # 10 images x 100 steps at 512x512 is the default ceiling; the same at 1024x1024 is 4x the work.
+    GenerationRequest.create("x", size="512x512", n=10, steps=100)
+    with pytest.raises(InvalidRequest, match="max_pixel_steps") as info:
+        GenerationRequest.create("x", size="1024x1024", n=10, steps=100)
+    assert info.value.param == "n" and "10 x 100 x 1048576" in str(info.value)
+    with pytest.raises(InvalidRequest, match="max_pixel_steps") as info:
+        GenerationRequest.create("x", size="1024x1024", steps=251)
+    assert info.value.param == "step"
+
+
+def test_limits_come_from_settings_and_apply_without_a_server() -> None:
+    settings = Settings(
+        max_prompt_chars=5, max_n_steps=20, max_pixels=128 * 128, max_pixel_steps=64 * 64 * 10
+    )
+    limits = Limits.from_settings(settings)
+    assert (limits.max_prompt_chars, limits.max_n_steps, limits.max_pixels) == (5, 20, 128 * 128)
+    with pytest.raises(InvalidRequest, match="max_pixels"):
+        GenerationRequest.create("x", size="256x256", limits=limits)
+    with pytest.raises(InvalidRequest, match="max_n_steps"):
+        GenerationRequest.create("x", size="64x64", n=3, steps=7, limits=limits)
+    with pytest.raises(InvalidRequest, match="max_pixel_steps"):
+        GenerationRequest.create("x", size="64x64", steps=11, limits=limits)
+    request = GenerationRequest.create("x", size="64x64", steps=10, limits=limits)
+    check_limits(request, limits)
+    with pytest.raises(InvalidRequest, match="max_n_steps"):
+        check_limits(replace(request, steps=21), limits)

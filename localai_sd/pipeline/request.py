@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from localai_sd.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from localai_sd.settings import Settings
 
 #: Latents are 1/8 of the image and the UNet halves them three times, so sides are multiples of 64.
 SIZE_MULTIPLE = 64
@@ -19,6 +23,15 @@ DEFAULT_STEPS = 15
 DEFAULT_CFG_SCALE = 7.5
 DEFAULT_SAMPLER = "euler_a"
 DEFAULT_SCHEDULE = "default"
+#: Characters of prompt and negative prompt together (the server's and the CLI's default).
+MAX_PROMPT_CHARS = 4000
+#: n x steps of one request.
+MAX_N_STEPS = 1000
+#: width x height of one image (1024x1024).
+MAX_PIXELS = 1024 * 1024
+#: n x steps x pixels of one request: 10 images of 100 steps at 512x512 (about 3 hours of UNet steps at
+#: ~11 s per 512x512 step on 2 cores, benchmarks/RESULTS.md), the same work as 250 steps at 1024x1024.
+MAX_PIXEL_STEPS = 10 * 100 * 512 * 512
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
@@ -45,6 +58,77 @@ def split_negative(prompt: str) -> tuple[str, str]:
     return positive, negative
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Caps on one request's size and work, shared by the CLI and the server (``Limits.from_settings``)."""
+
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    max_n_steps: int = MAX_N_STEPS
+    max_pixels: int = MAX_PIXELS
+    max_pixel_steps: int = MAX_PIXEL_STEPS
+    max_side: int = MAX_SIDE
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits configured in ``settings``."""
+        return cls(
+            max_prompt_chars=settings.max_prompt_chars,
+            max_n_steps=settings.max_n_steps,
+            max_pixels=settings.max_pixels,
+            max_pixel_steps=settings.max_pixel_steps,
+        )
+
+
+def check_text(text: str, param: str) -> None:
+    """InvalidRequest naming ``param`` unless ``text`` is a string UTF-8 can encode (no lone surrogates)."""
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{param} must be a string, got {type(text).__name__}", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{param} is not valid Unicode text: character {exc.start} is a lone surrogate "
+            f"{text[exc.start]!r}, which UTF-8 cannot encode",
+            param=param,
+        ) from None
+
+
+def check_prompt_length(positive: str, negative: str, limit: int, *, negative_field: bool) -> None:
+    """Prompt and negative prompt (after the ``|`` split) together hold at most ``limit`` characters."""
+    total = len(positive) + len(negative)
+    if total > limit:
+        raise InvalidRequest(
+            f"prompt and negative prompt have {total} characters together ({len(positive)} + "
+            f"{len(negative)}); the limit is {limit}",
+            param="negative_prompt" if negative_field else "prompt",
+        )
+
+
+def check_limits(request: GenerationRequest, limits: Limits) -> None:
+    """Enforce the caps on pixels, on n x steps and on the total work n x steps x pixels."""
+    pixels = request.width * request.height
+    if pixels > limits.max_pixels:
+        raise InvalidRequest(
+            f"size {request.size} has {pixels} pixels; the limit is {limits.max_pixels} (max_pixels)",
+            param="size",
+        )
+    work_param = "n" if request.n > 1 else "step"
+    if request.n * request.steps > limits.max_n_steps:
+        raise InvalidRequest(
+            f"n x step = {request.n} x {request.steps} = {request.n * request.steps}; "
+            f"the limit is {limits.max_n_steps} (max_n_steps)",
+            param=work_param,
+        )
+    work = request.n * request.steps * pixels
+    if work > limits.max_pixel_steps:
+        raise InvalidRequest(
+            f"n x step x pixels = {request.n} x {request.steps} x {pixels} = {work}; the limit is "
+            f"{limits.max_pixel_steps} (max_pixel_steps, e.g. 10 images of 100 steps at 512x512): "
+            "ask for fewer images, fewer steps or a smaller size",
+            param=work_param,
+        )
+
+
 def random_seed() -> int:
     """A fresh random seed in [0, 2**32 - 1]."""
     return secrets.randbelow(MAX_SEED + 1)
@@ -67,6 +151,9 @@ class GenerationRequest:
     schedule: str
     cfg_scale: float
     n: int
+    #: Latent cells per side of a decoder tile, set by memory admission when the whole-image decode would
+    #: not fit the memory budget (``localai_sd/pipeline/memory.py``); None decodes the whole latent at once.
+    decode_tile: int | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -94,16 +181,24 @@ class GenerationRequest:
         schedule: str | None = None,
         cfg_scale: float | None = None,
         n: int | None = None,
-        max_side: int = MAX_SIDE,
+        limits: Limits | None = None,
     ) -> GenerationRequest:
-        """Validate raw values into a request; ``|`` in the prompt splits off the negative prompt."""
+        """Validate raw values into a request; ``|`` in the prompt splits off the negative prompt.
+
+        Every check runs here, before any work: the text (UTF-8 encodable, prompt and negative prompt within
+        ``limits.max_prompt_chars`` together), each field's rule, then ``check_limits``.
+        """
         from localai_sd.pipeline.samplers import SAMPLERS, SCHEDULES
 
-        if not isinstance(prompt, str):
-            raise InvalidRequest(f"prompt must be a string, got {type(prompt).__name__}", param="prompt")
+        limits = Limits() if limits is None else limits
+        check_text(prompt, "prompt")
+        if negative_prompt is not None:
+            check_text(negative_prompt, "negative_prompt")
         positive, negative = split_negative(prompt)
         if negative_prompt:
             negative = f"{negative}, {negative_prompt}" if negative else negative_prompt
+        check_prompt_length(positive, negative, limits.max_prompt_chars, negative_field=bool(negative_prompt))
+        max_side = limits.max_side
         if size is not None:
             width, height = parse_size(size, max_side=max_side)
         else:
@@ -140,7 +235,7 @@ class GenerationRequest:
         n = 1 if n is None else n
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
             raise InvalidRequest(f"n {n!r} must be an integer from 1 to {MAX_N}", param="n")
-        return cls(
+        request = cls(
             prompt=positive,
             negative_prompt=negative,
             width=width,
@@ -154,3 +249,5 @@ class GenerationRequest:
             cfg_scale=float(cfg_scale),
             n=n,
         )
+        check_limits(request, limits)
+        return request
