@@ -76,6 +76,8 @@ class Settings:
     #: Requests waiting for a worker before the server answers 429.
     queue_size: int = 16
     max_prompt_chars: int = 4000
+    #: Cap on 77-token chunks per prompt (each BREAK starts one; each is one more text-encoder run).
+    max_prompt_chunks: int = 8
     #: Cap on n * steps of one request.
     max_n_steps: int = 1000
     #: Cap on width * height of one request (1024x1024 by default).
@@ -141,6 +143,8 @@ class Settings:
             values["preload_models_config"] = Path(v)
         if v := env.get("UPLOAD_LIMIT"):
             values["upload_limit_mb"] = parse_positive_int(v, "UPLOAD_LIMIT")
+        if v := env.get("MAX_PROMPT_CHUNKS"):
+            values["max_prompt_chunks"] = parse_positive_int(v, "MAX_PROMPT_CHUNKS")
         if env.get("LOW_MEMORY", "").lower() in ("1", "true", "yes"):
             values["low_memory"] = True
         if v := env.get("BASE_URL"):

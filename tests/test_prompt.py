@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from localai_sd.errors import Cancelled, InvalidRequest
+from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.nets import TextEncoder
 from localai_sd.pipeline.prompt import (
     CONTEXT_LENGTH,
     PromptChunk,
@@ -97,19 +102,33 @@ def test_weights_escapes_and_edge_cases(text: str, expected: list[tuple[str, flo
     assert parse_prompt_attention(text) == approx_parts(expected)
 
 
-def test_break_is_a_separate_marker_and_eats_surrounding_spaces() -> None:
-    assert parse_prompt_attention("a cat BREAK a dog") == [("a cat", 1.0), ("BREAK", -1.0), ("a dog", 1.0)]
-    assert parse_prompt_attention("BREAKfast") == [("BREAKfast", 1.0)]
-    assert parse_prompt_attention("a break b") == [("a break b", 1.0)]  # the keyword is upper case only
-    assert parse_prompt_attention("BREAK") == [("BREAK", -1.0)]
+# --- BREAK exactly as A1111's parse_prompt_attention: expected values worked out from its algorithm --------
+# (re.split on r"\s*\bBREAK\b\s*" keeps every piece, even empty; ("BREAK", -1) between pieces; brackets
+# multiply every part from their start; then adjacent equal weights merge, BREAK included.)
 
 
-def test_break_inside_brackets_keeps_its_marker_weight() -> None:
-    assert parse_prompt_attention("(a BREAK b)") == approx_parts([("a", 1.1), ("BREAK", -1.0), ("b", 1.1)])
-
-
-def test_break_never_merges_with_an_equal_weight_neighbour() -> None:
-    assert parse_prompt_attention("(x:-1) BREAK y") == [("x", -1.0), ("BREAK", -1.0), ("y", 1.0)]
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a cat BREAK a dog", [("a cat", 1.0), ("BREAK", -1.0), ("a dog", 1.0)]),
+        ("BREAKfast", [("BREAKfast", 1.0)]),  # \b: not a keyword inside a word
+        ("a break b", [("a break b", 1.0)]),  # the keyword is upper case only
+        ("BREAK", [("", 1.0), ("BREAK", -1.0), ("", 1.0)]),  # empty segments around it
+        ("BREAK a", [("", 1.0), ("BREAK", -1.0), ("a", 1.0)]),
+        ("a BREAK", [("a", 1.0), ("BREAK", -1.0), ("", 1.0)]),
+        ("a BREAK BREAK b", [("a", 1.0), ("BREAK", -1.0), ("", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+        ("BREAK BREAK", [("", 1.0), ("BREAK", -1.0), ("", 1.0), ("BREAK", -1.0), ("", 1.0)]),
+        ("(a BREAK b)", [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]),  # the word, weight -1 x 1.1
+        ("((a BREAK b))", [("a", 1.21), ("BREAK", -1.21), ("b", 1.21)]),
+        ("[BREAK]", [("", 1 / 1.1), ("BREAK", -1 / 1.1), ("", 1 / 1.1)]),
+        ("(BREAK:-1)", [("", -1.0), ("BREAK", 1.0), ("", -1.0)]),
+        ("x (BREAK) y", [("x ", 1.0), ("", 1.1), ("BREAK", -1.1), ("", 1.1), (" y", 1.0)]),
+        ("(x:-1) BREAK y", [("x", -1.0), ("", 1.0), ("BREAK", -1.0), ("y", 1.0)]),
+        ("(a BREAK b:0)", [("aBREAKb", 0.0)]),  # -0.0 == 0.0: A1111 merges the marker into the text
+    ],
+)
+def test_break_as_a1111_parses_it(text: str, expected: list[tuple[str, float]]) -> None:
+    assert parse_prompt_attention(text) == approx_parts(expected)
 
 
 # --- build_chunks ------------------------------------------------------------------------------------------
@@ -164,6 +183,73 @@ def test_break_starts_a_new_chunk(tiny: ClipTokenizer) -> None:
     assert len(build_chunks("a BREAK", tiny)) == 1
     leading = build_chunks("BREAK a", tiny)  # A1111 emits an all-padding first chunk here
     assert leading[0].tokens == (tiny.bos_id,) + (tiny.eos_id,) * 76
+
+
+def padding(tiny: ClipTokenizer) -> tuple[int, ...]:
+    return (tiny.bos_id,) + (tiny.eos_id,) * 76
+
+
+def test_break_chunks_as_a1111(tiny: ClipTokenizer) -> None:
+    assert [c.tokens for c in build_chunks("BREAK", tiny)] == [padding(tiny)]
+    assert [c.tokens for c in build_chunks("BREAK BREAK", tiny)] == [padding(tiny)] * 2
+    first, empty, last = build_chunks("a BREAK BREAK b", tiny)
+    assert (first.tokens[1], empty.tokens, last.tokens[1]) == (end_id("a"), padding(tiny), end_id("b"))
+
+
+def test_break_in_brackets_is_the_word_break_with_weight_minus_1_1(tiny: ClipTokenizer) -> None:
+    (chunk,) = build_chunks("(a BREAK b)", tiny)
+    word = (char_id("b"), char_id("r"), char_id("e"), char_id("a"), end_id("k"))  # CLIP lower-cases
+    assert chunk.tokens[1:8] == (end_id("a"), *word, end_id("b"))
+    assert chunk.multipliers[1:8] == pytest.approx((1.1, *(-1.1,) * 5, 1.1))
+
+
+def test_zero_weight_break_is_text_not_a_chunk_break(tiny: ClipTokenizer) -> None:
+    (chunk,) = build_chunks("(a BREAK b:0)", tiny)
+    assert chunk.multipliers[1:8] == (0.0,) * 7
+
+
+# --- chunk limit and cancellation -----------------------------------------------------------------------
+
+
+def test_chunk_limit_names_the_field_the_count_and_the_limit(tiny: ClipTokenizer) -> None:
+    assert len(build_chunks("a BREAK " * 7 + "b", tiny, max_chunks=8)) == 8
+    with pytest.raises(InvalidRequest) as err:
+        build_chunks("a BREAK " * 8 + "b", tiny, max_chunks=8, param="negative_prompt")
+    assert err.value.param == "negative_prompt"
+    assert "negative_prompt needs 9 chunks" in str(err.value) and "the limit is 8" in str(err.value)
+
+
+def test_chunk_limit_counts_long_text_too(tiny: ClipTokenizer) -> None:
+    with pytest.raises(InvalidRequest, match="prompt needs 3 chunks of 75 tokens"):
+        build_chunks(" ".join("a" * 151), tiny, max_chunks=2)
+
+
+def test_break_flood_is_refused_before_any_encoder_run(tiny_models: Path) -> None:
+    """The issue's attack: a "BREAK " * 3000 negative prompt held the worker ~330 s; now it is refused cheaply."""
+    assets = AssetSet.from_dir(tiny_models / "stablediffusion_assets")
+    encoder = TextEncoder.load(assets, threads=1)
+    tokenizer = ClipTokenizer(assets.vocab_path)
+    start = time.perf_counter()
+    with pytest.raises(InvalidRequest) as err:
+        chunks = build_chunks("BREAK " * 3000, tokenizer, max_chunks=8, param="negative_prompt")
+        encoder.encode([(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks])
+    assert time.perf_counter() - start < 1.0
+    assert encoder.runs == 0
+    assert err.value.param == "negative_prompt"
+    assert "needs 3000 chunks" in str(err.value) and "the limit is 8" in str(err.value)
+    encoder.close()
+
+
+def test_encoding_stops_between_chunks_when_cancelled(tiny_models: Path) -> None:
+    assets = AssetSet.from_dir(tiny_models / "stablediffusion_assets")
+    encoder = TextEncoder.load(assets, threads=1)
+    chunks = build_chunks("a BREAK b BREAK c BREAK d", ClipTokenizer(assets.vocab_path))
+    arrays = [(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks]
+    with pytest.raises(Cancelled):
+        encoder.encode(arrays, should_cancel=lambda: encoder.runs >= 2)
+    assert encoder.runs == 2
+    assert encoder.encode(arrays, should_cancel=lambda: False).shape == (4 * 77, 768)
+    encoder.close()
 
 
 def test_uses_the_tokenizer_ids_not_clip_constants(tiny: ClipTokenizer) -> None:

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from localai_sd.errors import InvalidRequest
+
 # A1111 bracket multipliers: "(x)" multiplies attention by 1.1, "[x]" divides it by 1.1.
 ROUND_BRACKET_MULTIPLIER = 1.1
 SQUARE_BRACKET_MULTIPLIER = 1 / 1.1
@@ -16,6 +18,8 @@ BREAK_WEIGHT = -1.0
 # SD 1.x CLIP context: 75 prompt tokens + BOS + EOS = 77 (A1111 ``chunk_length``).
 CHUNK_TOKENS = 75
 CONTEXT_LENGTH = CHUNK_TOKENS + 2
+#: Default cap on 77-token chunks per prompt (A1111 users rarely pass 8); ``Settings.max_prompt_chunks``.
+DEFAULT_MAX_CHUNKS = 8
 # A1111 option ``comma_padding_backtrack`` default: move text after a comma this close to a full chunk's end.
 COMMA_BACKTRACK = 20
 
@@ -56,16 +60,11 @@ def _parse_weight(number: str | None) -> float | None:
         return None
 
 
-def _is_break(part: list) -> bool:
-    """Whether a parsed part is the BREAK marker."""
-    return part[0] == BREAK_TEXT and part[1] == BREAK_WEIGHT
-
-
 def _merge_equal_runs(parts: list[list]) -> list[tuple[str, float]]:
-    """Join adjacent parts with equal weight (A1111 does this after parsing), never a BREAK marker."""
+    """Join adjacent parts of equal weight, as A1111 does after parsing (a BREAK marker included)."""
     merged: list[list] = []
     for text, weight in parts:
-        if merged and merged[-1][1] == weight and not _is_break(merged[-1]) and not _is_break([text, weight]):
+        if merged and merged[-1][1] == weight:
             merged[-1][0] += text
         else:
             merged.append([text, weight])
@@ -73,16 +72,20 @@ def _merge_equal_runs(parts: list[list]) -> list[tuple[str, float]]:
 
 
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
-    """Split a prompt into (text, weight) runs with A1111's "(x)", "[x]", "(x:w)", escapes and BREAK."""
+    """Split a prompt into (text, weight) runs with A1111's "(x)", "[x]", "(x:w)", escapes and BREAK.
+
+    As A1111: each BREAK is a ("BREAK", -1) part with the text around it kept even when empty, and brackets
+    multiply it like any part, so a BREAK inside "( )" is the word with weight -1.1, not a chunk break.
+    (One deviation: a malformed "(x:1.2.3)" weight is text here; A1111 raises ValueError.)
+    """
     parts: list[list] = []
     round_starts: list[int] = []
     square_starts: list[int] = []
 
     def multiply_from(start: int, multiplier: float) -> None:
-        """Multiply the weight of every part from ``start`` on (BREAK markers keep their -1)."""
+        """Multiply the weight of every part from ``start`` on."""
         for part in parts[start:]:
-            if not _is_break(part):
-                part[1] *= multiplier
+            part[1] *= multiplier
 
     for match in _ATTENTION_TOKEN.finditer(text):
         token = match.group(0)
@@ -103,8 +106,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             for k, piece in enumerate(_BREAK_SPLIT.split(token)):
                 if k > 0:
                     parts.append([BREAK_TEXT, BREAK_WEIGHT])
-                if piece:
-                    parts.append([piece, 1.0])
+                parts.append([piece, 1.0])
     for start in round_starts:
         multiply_from(start, ROUND_BRACKET_MULTIPLIER)
     for start in square_starts:
@@ -121,8 +123,26 @@ def _close_chunk(tokens: list[int], multipliers: list[float], tokenizer: Tokeniz
     )
 
 
-def build_chunks(text: str, tokenizer: Tokenizer) -> list[PromptChunk]:
-    """Tokenize a weighted prompt into 77-token chunks as A1111 does (comma backtrack, BREAK); at least one."""
+def build_chunks(
+    text: str, tokenizer: Tokenizer, *, max_chunks: int | None = None, param: str = "prompt"
+) -> list[PromptChunk]:
+    """Tokenize a weighted prompt into 77-token chunks as A1111 does (comma backtrack, BREAK); at least one.
+
+    With ``max_chunks``, InvalidRequest (naming ``param``, the count and the limit) when more are needed:
+    each chunk is one more text-encoder run against all earlier ones, so this bounds the encoding work.
+    """
+    chunks = _chunks(text, tokenizer)
+    if max_chunks is not None and len(chunks) > max_chunks:
+        raise InvalidRequest(
+            f"{param} needs {len(chunks)} chunks of {CHUNK_TOKENS} tokens (each BREAK starts one); "
+            f"the limit is {max_chunks}",
+            param=param,
+        )
+    return chunks
+
+
+def _chunks(text: str, tokenizer: Tokenizer) -> list[PromptChunk]:
+    """The 77-token chunks of a prompt (A1111 ``tokenize_line``)."""
     comma_id = tokenizer.encode(",")[0]
     chunks: list[PromptChunk] = []
     tokens: list[int] = []
