@@ -84,6 +84,16 @@ def test_param_text_prefers_opt_then_rewrites(tiny_sd: Path) -> None:
         assets.param_text("unet", 100, 64)
 
 
+@pytest.mark.parametrize(("width", "height"), [(64, 64), (256, 256), (320, 448), (512, 512), (1024, 576)])
+def test_encoder_param_is_rewritten_for_every_size(tiny_sd: Path, width: int, height: int) -> None:
+    """The encoder has one 512x512 param and no -opt files: every size is its rewritten base."""
+    assets = AssetSet.from_dir(tiny_sd)
+    assert assets.param_path("vae_encoder", width, height).name == "AutoencoderKL-encoder-512-512-fp16.param"
+    values = params.reshape_values(assets.param_text("vae_encoder", width, height))
+    latent_w, latent_h = width // 8, height // 8
+    assert values == [("0=" + str(latent_w * latent_h), "1=8"), (f"0={latent_w}", f"1={latent_h}", "2=8")]
+
+
 def test_read_only_dir_is_never_written(tiny_sd: Path, tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -48,6 +48,21 @@ def test_infotext_and_png_roundtrip() -> None:
     assert Image.open(io.BytesIO(png)).size == (320, 192)
 
 
+def test_infotext_edit_fields_follow_model_in_a1111_order() -> None:
+    common = dict(prompt="a cat", negative_prompt="", steps=20, sampler="Euler a", schedule="Uniform",
+                  cfg_scale=7.0, seed=1, width=512, height=512, model="sd")  # fmt: skip
+    tail = "Size: 512x512, Model: sd"
+    assert infotext(**common).endswith(tail)  # type: ignore[arg-type]
+    assert infotext(**common, denoising_strength=0.75).endswith(f"{tail}, Denoising strength: 0.75")  # type: ignore[arg-type]
+    assert infotext(**common, denoising_strength=1.0, mask_blur=4.0).endswith(  # type: ignore[arg-type]
+        f"{tail}, Denoising strength: 1, Mask blur: 4"
+    )
+    only_masked = infotext(**common, denoising_strength=0.5, mask_blur=2.5, masked_padding=32)  # type: ignore[arg-type]
+    assert only_masked.endswith(
+        f"{tail}, Denoising strength: 0.5, Mask blur: 2.5, Inpaint area: Only masked, Masked area padding: 32"
+    )
+
+
 def test_write_file_atomic(tmp_path: Path) -> None:
     target = tmp_path / "x.png"
     write_file_atomic(target, b"data")

@@ -211,7 +211,7 @@ class StableDiffusion:
 
         InvalidRequest (param ``model``) when the model has no encoder (tinydream, or the optional files absent).
         """
-        if not self.assets.has_encoder:
+        if not self._can_encode():
             raise InvalidRequest(
                 f"model {self.name!r} cannot edit images: its assets have no VAE encoder "
                 "(AutoencoderKL-encoder-512-512-fp16.param/.bin)",
@@ -230,6 +230,12 @@ class StableDiffusion:
                 ),
             )
         return self._encoder[1]
+
+    def _can_encode(self) -> bool:
+        """True when the model has the optional VAE encoder (its param suffices with synthetic weights)."""
+        if self.synthetic is None:
+            return self.assets.has_encoder
+        return "vae_encoder" in self.assets.nets and self.assets.base_param_path("vae_encoder").is_file()
 
     def encode_image(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The VAE latent distribution (mean, std) of (H, W, 3) uint8 pixels; the encoder is released after
