@@ -19,6 +19,7 @@ original latent, ``denoised = denoised * m + z0 * (1 - m)``, and so is the final
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -203,3 +204,21 @@ def finish_pixels(edit: PreparedEdit, generated: np.ndarray) -> np.ndarray:
         full = edit.init.copy()
         full[edit.crop.slices] = resize_rgb(generated, edit.crop.width, edit.crop.height)
     return masks.paste_back(edit.init, full, edit.overlay)
+
+
+class EditFields(TypedDict, total=False):
+    """The img2img fields of :func:`localai_sd.pipeline.output.infotext`."""
+
+    denoising_strength: float
+    mask_blur: float
+    masked_padding: int
+
+
+def edit_infotext(edit: PreparedEdit) -> EditFields:
+    """The infotext fields A1111 writes for an edit: strength, and for a mask its blur and inpaint area."""
+    fields = EditFields(denoising_strength=edit.strength)
+    if edit.masked:
+        fields["mask_blur"] = edit.mask_blur
+        if edit.crop is not None:
+            fields["masked_padding"] = edit.padding
+    return fields

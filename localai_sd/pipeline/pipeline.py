@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
 
@@ -17,9 +16,11 @@ from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
 from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
 from localai_sd.pipeline.img2img import (
+    EditFields,
     EditSpec,
     PreparedEdit,
     blend_latent,
+    edit_infotext,
     encoder_rng,
     finish_pixels,
     img2img_sigmas,
@@ -412,21 +413,3 @@ class StableDiffusion:
         self._released_ncnn += net.ncnn_seconds
         net.ncnn_seconds = 0.0
         net.close()
-
-
-class EditFields(TypedDict, total=False):
-    """The img2img fields of :func:`localai_sd.pipeline.output.infotext`."""
-
-    denoising_strength: float
-    mask_blur: float
-    masked_padding: int
-
-
-def edit_infotext(edit: PreparedEdit) -> EditFields:
-    """The infotext fields A1111 writes for an edit: strength, and for a mask its blur and inpaint area."""
-    fields = EditFields(denoising_strength=edit.strength)
-    if edit.masked:
-        fields["mask_blur"] = edit.mask_blur
-        if edit.crop is not None:
-            fields["masked_padding"] = edit.padding
-    return fields
