@@ -139,3 +139,36 @@ def test_warm_loads_what_the_setting_keeps(tiny_models: Path, low_memory: bool) 
     assert sd._text_encoder_released is low_memory, "nor does it keep the text encoder beside the UNet"
     assert len(sd.generate(request())) == 1  # the text encoder comes back for the request
     sd.close()
+
+
+def test_a_prompt_over_the_chunk_limit_runs_no_encoder(tiny_models: Path) -> None:
+    """The issue's attack: a negative prompt of "BREAK " * 3000 is refused before any text encoder run."""
+    import time
+
+    from localai_sd.errors import InvalidRequest
+
+    sd = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1, max_prompt_chunks=8)
+    runs = sd.text_encoder.runs
+    request = GenerationRequest.create("a cat", negative_prompt="BREAK " * 600, size="64x64", steps=1, seed=1)
+    start = time.perf_counter()
+    with pytest.raises(InvalidRequest, match="negative_prompt needs 600 chunks") as info:
+        sd.generate(request)
+    assert time.perf_counter() - start < 1.0
+    assert info.value.param == "negative_prompt" and sd.text_encoder.runs == runs
+
+
+def test_cancellation_is_checked_between_prompt_chunks(tiny_models: Path) -> None:
+    from localai_sd.errors import Cancelled
+
+    sd = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1)
+    checks: list[int] = []
+
+    def cancel_on_second_check() -> bool:
+        checks.append(sd.text_encoder.runs)
+        return len(checks) >= 2
+
+    request = GenerationRequest.create("a cat BREAK a dog BREAK a tree", size="64x64", steps=1, seed=1)
+    runs = sd.text_encoder.runs
+    with pytest.raises(Cancelled):
+        sd.generate(request, should_cancel=cancel_on_second_check)
+    assert sd.text_encoder.runs == runs + 1, "stopped after the first of three chunks"

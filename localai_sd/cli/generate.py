@@ -134,7 +134,12 @@ def generate(
         console.print(f"seed: {request.seed} (random)")
 
     with console.status(f"loading model {model!r}…"):
-        sd = StableDiffusion.load(config, threads=settings.threads, low_memory=settings.low_memory)
+        sd = StableDiffusion.load(
+            config,
+            threads=settings.threads,
+            low_memory=settings.low_memory,
+            max_prompt_chunks=settings.max_prompt_chunks,
+        )
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

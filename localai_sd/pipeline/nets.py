@@ -20,7 +20,8 @@ import numpy as np
 
 from localai_sd.errors import AssetError, Cancelled, InvalidRequest
 from localai_sd.pipeline.assets import AssetSet
-from localai_sd.pipeline.param_check import check_param
+from localai_sd.pipeline.deepcache import find_deep_feature
+from localai_sd.pipeline.param_check import check_param, sd_blob_shapes
 from localai_sd.pipeline.param_shapes import Shape
 
 #: CLIP context length (tokens per chunk, incl. start/end), and its hidden size (openai/clip-vit-large-patch14).
@@ -261,7 +262,7 @@ class NcnnModel:
         text = assets.param_text(cls.net_name, width, height)
         param_name = assets.param_path(cls.net_name, width, height).name
         weights = synthetic if synthetic is not None else assets.weights_path(cls.net_name)
-        return load_net(text, param_name, weights, options)
+        return load_net(text, param_name, weights, options, sd_blob_shapes(cls.net_name, width, height))
 
     def _check_blobs(self) -> None:
         """AssetError naming the param if a blob of the I/O contract is absent."""
@@ -347,6 +348,15 @@ class NcnnModel:
 def _scalar(value: float) -> np.ndarray:
     """A 1-element float32 array for ncnn scalar inputs (t, c_in, c_out)."""
     return np.array([value], dtype=np.float32)
+
+
+def _output(array: np.ndarray, shape: tuple[int, ...], net: str) -> np.ndarray:
+    """A net's output reshaped to the contract's shape; AssetError naming the net if its size differs."""
+    if array.size != int(np.prod(shape)):
+        raise AssetError(
+            f"{net}: the output has {array.size} values where {shape} was expected; the .param is wrong"
+        )
+    return array.reshape(shape)
 
 
 def _check_shape(array: np.ndarray, shape: tuple[int, ...], what: str) -> None:
@@ -442,6 +452,8 @@ class UNet(_Sized):
     net_name = "unet"
     #: How many evaluations :meth:`pair` runs at once (2 when loaded with ``concurrent_pairs``).
     lanes = 1
+    #: DeepCache's deep feature: the blob the last skip Concat takes first (None: no such Concat).
+    deep_feature: str | None = None
 
     @classmethod
     def load(
@@ -465,6 +477,7 @@ class UNet(_Sized):
         options = replace(options, threads=options.threads // lanes)
         model = cls._sized(assets, width, height, options, synthetic)
         model.lanes = lanes
+        model.deep_feature = find_deep_feature(assets.param_text(cls.net_name, width, height))
         return model
 
     def _feeds(
@@ -489,7 +502,7 @@ class UNet(_Sized):
     ) -> np.ndarray:
         """One UNet evaluation; returns the denoised latent (4, h, w)."""
         (denoised,) = self._run(self._feeds(latent, t, cond, c_in, c_out), self.outputs)
-        return denoised.reshape(self.latent_shape)
+        return _output(denoised, self.latent_shape, self.name)
 
     def pair(
         self, latent: np.ndarray, t: float, cond: np.ndarray, uncond: np.ndarray, c_in: float, c_out: float
@@ -504,7 +517,36 @@ class UNet(_Sized):
             cond_d, uncond_d = [self._run(feeds, self.outputs)[0] for feeds in jobs]
         else:
             (cond_d,), (uncond_d,) = self._run_concurrently(jobs, self.outputs)
-        return cond_d.reshape(self.latent_shape), uncond_d.reshape(self.latent_shape)
+        return _output(cond_d, self.latent_shape, self.name), _output(uncond_d, self.latent_shape, self.name)
+
+    def evaluate(
+        self,
+        jobs: list[tuple[np.ndarray, float, np.ndarray, float, float, np.ndarray | None]],
+        *,
+        keep_feature: bool,
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """DeepCache evaluations: each job is (latent, t, cond, c_in, c_out, cached deep feature or None).
+
+        A job with a feature feeds it as the ``deep_feature`` blob, so ncnn computes only the shallow branch;
+        ``keep_feature`` also extracts the feature (before the output: light mode frees it afterwards). Two jobs
+        run side by side when the net was loaded for pairs. Returns (denoised, feature or None) per job.
+        """
+        if self.deep_feature is None:
+            raise AssetError(f"{self.name}: the UNet has no skip Concat, so DeepCache cannot run on it")
+        feeds = []
+        for latent, t, cond, c_in, c_out, feature in jobs:
+            job = self._feeds(latent, t, cond, c_in, c_out)
+            if feature is not None:
+                job[self.deep_feature] = _owned_mat(_as_float32(feature))
+            feeds.append(job)
+        outputs = (self.deep_feature, *self.outputs) if keep_feature else self.outputs
+        if len(feeds) == 2 and self.lanes >= 2:
+            results = self._run_concurrently(feeds, outputs)
+        else:
+            results = [self._run(job, outputs) for job in feeds]
+        return [
+            (_output(r[-1], self.latent_shape, self.name), r[0] if keep_feature else None) for r in results
+        ]
 
 
 class VAEDecoder(_Sized):
@@ -535,7 +577,7 @@ class VAEDecoder(_Sized):
         x = _as_float32(np.asarray(latent, dtype=np.float32) / VAE_SCALING)
         _check_shape(x, self.latent_shape, "latent")
         (image,) = self._run({"input.1": _owned_mat(x)}, self.outputs)
-        return image.reshape(3, self.height, self.width)
+        return _output(image, (3, self.height, self.width), self.name)
 
 
 class VAEEncoder(_Sized):
@@ -563,4 +605,4 @@ class VAEEncoder(_Sized):
         x = _as_float32(image)
         _check_shape(x, (3, self.height, self.width), "image")
         mean, std = self._run({"in0": _owned_mat(x)}, self.outputs)
-        return mean.reshape(self.latent_shape), std.reshape(self.latent_shape)
+        return _output(mean, self.latent_shape, self.name), _output(std, self.latent_shape, self.name)

@@ -31,7 +31,7 @@ from localai_sd.pipeline.img2img import (
     sample_latent,
 )
 from localai_sd.pipeline.output import decoder_to_pixels, encode_png, infotext
-from localai_sd.pipeline.prompt import build_chunks
+from localai_sd.pipeline.prompt import DEFAULT_MAX_CHUNKS, PromptChunk, build_chunks
 from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.pipeline.samplers import SAMPLER_LABELS, SAMPLERS, SCHEDULE_LABELS, SCHEDULES
 from localai_sd.pipeline.tokenizer import ClipTokenizer
@@ -95,8 +95,11 @@ class StableDiffusion:
         threads: int | None = None,
         synthetic: nets.SyntheticWeights | None = None,
         low_memory: bool = False,
+        max_prompt_chunks: int = DEFAULT_MAX_CHUNKS,
     ):
         self.assets = assets
+        #: Most 77-token chunks a prompt (or negative prompt) may take; checked before any encoder run.
+        self.max_prompt_chunks = max_prompt_chunks
         self.name = name
         self.threads = threads
         #: Random weights of the real layout instead of the .bin files (benchmarks only).
@@ -126,12 +129,23 @@ class StableDiffusion:
 
     @classmethod
     def load(
-        cls, config: ModelConfig, *, threads: int | None = None, low_memory: bool = False
+        cls,
+        config: ModelConfig,
+        *,
+        threads: int | None = None,
+        low_memory: bool = False,
+        max_prompt_chunks: int = DEFAULT_MAX_CHUNKS,
     ) -> StableDiffusion:
         """Check a model's assets and load its tokenizer and text encoder; other nets load on first use."""
         assets = AssetSet.from_dir(config.asset_dir, config.backend)
         assets.check()
-        return cls(assets, name=config.name, threads=threads, low_memory=low_memory)
+        return cls(
+            assets,
+            name=config.name,
+            threads=threads,
+            low_memory=low_memory,
+            max_prompt_chunks=max_prompt_chunks,
+        )
 
     @classmethod
     def from_dir(
@@ -260,15 +274,24 @@ class StableDiffusion:
             if not self.low_memory:
                 self.decoder(width, height)
 
-    def encode_prompt(self, text: str) -> np.ndarray:
-        """Run each 77-token chunk through the text encoder, feeding back the previous output as ``cond``."""
+    def prompt_chunks(self, text: str, param: str = "prompt") -> list[PromptChunk]:
+        """Tokenize into 77-token chunks; InvalidRequest naming ``param`` past ``max_prompt_chunks``."""
+        return build_chunks(text, self.tokenizer, max_chunks=self.max_prompt_chunks, param=param)
+
+    def encode_chunks(self, chunks: list[PromptChunk], should_cancel: CancelCheck | None = None) -> np.ndarray:
+        """Run each chunk through the text encoder, feeding back the previous output as ``cond``."""
         if self._text_encoder_released:
             self.text_encoder = nets.TextEncoder.load(
                 self.assets, threads=self.threads, synthetic=self._weights()
             )
             self._text_encoder_released = False
-        chunks = build_chunks(text, self.tokenizer)
-        return self.text_encoder.encode([(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks])
+        return self.text_encoder.encode(
+            [(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks], should_cancel=should_cancel
+        )
+
+    def encode_prompt(self, text: str, *, param: str = "prompt") -> np.ndarray:
+        """Chunk and encode one prompt."""
+        return self.encode_chunks(self.prompt_chunks(text, param))
 
     def generate(
         self,
@@ -302,8 +325,11 @@ class StableDiffusion:
         # 1. Encode the prompt and the negative prompt once for all n images. The text encoder goes first
         #    so that, in the low-memory setting, it is released before the UNet is loaded.
         t0 = time.perf_counter()
-        cond = self.encode_prompt(request.prompt)
-        uncond = self.encode_prompt(request.negative_prompt)
+        #    Both are chunked first, so a prompt over the chunk limit costs no encoder run.
+        cond_chunks = self.prompt_chunks(request.prompt, "prompt")
+        uncond_chunks = self.prompt_chunks(request.negative_prompt, "negative_prompt")
+        cond = self.encode_chunks(cond_chunks, should_cancel)
+        uncond = self.encode_chunks(uncond_chunks, should_cancel)
         self.text_encoder.release_memory()
         if self.low_memory:
             self._release(self.text_encoder)

@@ -54,7 +54,12 @@ def default_loader(settings: Settings) -> Loader:
         """Load the nets of ``config`` once."""
         from localai_sd.pipeline.pipeline import StableDiffusion
 
-        return StableDiffusion.load(config, threads=settings.threads, low_memory=settings.low_memory)
+        return StableDiffusion.load(
+            config,
+            threads=settings.threads,
+            low_memory=settings.low_memory,
+            max_prompt_chunks=settings.max_prompt_chunks,
+        )
 
     return load
 

@@ -119,7 +119,8 @@ def _token_block(
 
 
 def unet_graph() -> Graph:
-    """``in0``..``c_out`` -> ``outout`` = in0 + c_out * tanh(eps(in0 * c_in, t, cond)), two latent levels."""
+    """``in0``..``c_out`` -> ``outout`` = in0 + c_out * tanh(eps(in0 * c_in, t, cond)), two latent levels joined
+    by a skip Concat (deep feature ``up`` first, as in the real UNet)."""
     g, rng, c = Graph(), _rng("unet"), UNET_CHANNELS
     for blob in ("in0", "in1", "in2", "c_in", "c_out"):
         g.add("Input", [], [blob])
@@ -133,7 +134,9 @@ def unet_graph() -> Graph:
     _conv(g, rng, "h2", "down", c, c, 3, stride=2)
     mid = _token_block(g, rng, "down", 2, c, "mid", None)
     g.add("Interp", [mid], ["up"], f"0={NEAREST}", "1=2.000000e+00", "2=2.000000e+00")
-    g.add("BinaryOp", ["h2", "up"], ["h3"], f"0={ADD}")
+    # The skip concat of the last up level (DeepCache's cut): the deep feature first, the shallow skip second.
+    g.add("Concat", ["up", "h2"], ["skip_cat"], "0=0")
+    _conv(g, rng, "skip_cat", "h3", 2 * c, c, 1)
     _conv(g, rng, "h3", "eps_raw", c, 4, 3)
     g.add("UnaryOp", ["eps_raw"], ["eps"], f"0={TANH}")
     g.add("BinaryOp", ["eps", "c_out"], ["scaled_eps"], f"0={MUL}")
