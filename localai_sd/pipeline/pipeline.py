@@ -50,6 +50,8 @@ class StepEvent:
     step: int
     steps: int
     seed: int
+    #: The sampler's current x0 estimate (4, h/8, w/8) at the working size, for live previews; None if unknown.
+    denoised: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,9 @@ class StableDiffusion:
         """Tokenize into 77-token chunks; InvalidRequest naming ``param`` past ``max_prompt_chunks``."""
         return build_chunks(text, self.tokenizer, max_chunks=self.max_prompt_chunks, param=param)
 
-    def encode_chunks(self, chunks: list[PromptChunk], should_cancel: CancelCheck | None = None) -> np.ndarray:
+    def encode_chunks(
+        self, chunks: list[PromptChunk], should_cancel: CancelCheck | None = None
+    ) -> np.ndarray:
         """Run each chunk through the text encoder, feeding back the previous output as ``cond``."""
         if self._text_encoder_released:
             self.text_encoder = nets.TextEncoder.load(
@@ -373,7 +377,11 @@ class StableDiffusion:
             # 5. Sample, reporting every step and checking for cancellation.
             def callback(info: dict, index: int = index, seed: int = seed) -> None:
                 if on_step is not None:
-                    on_step(StepEvent(index, request.n, info["i"] + 1, len(sigmas) - 1, seed))
+                    on_step(
+                        StepEvent(
+                            index, request.n, info["i"] + 1, len(sigmas) - 1, seed, info.get("denoised")
+                        )
+                    )
                 if should_cancel is not None and should_cancel():
                     raise Cancelled(f"generation cancelled at step {info['i'] + 1} of {len(sigmas) - 1}")
 
