@@ -10,7 +10,7 @@ import typer
 
 from localai_sd.cli.app import handle_errors
 from localai_sd.errors import InvalidRequest
-from localai_sd.settings import Settings, parse_api_keys, parse_galleries, parse_list
+from localai_sd.settings import Settings, parse_api_keys, parse_galleries, parse_list, parse_memory_size
 
 #: LocalAI's ``:8080`` means every interface.
 ALL_INTERFACES = "0.0.0.0"
@@ -51,6 +51,7 @@ def build_settings(
     max_loaded_models: int | None = None,
     workers: int | None = None,
     low_memory: bool | None = None,
+    max_memory: str | None = None,
     allow_local_dirs: list[Path] | None = None,
     allow_private_hosts: bool | None = None,
     allow_unverified: bool | None = None,
@@ -96,6 +97,7 @@ def build_settings(
         max_loaded_models=max_loaded_models,
         workers=workers,
         low_memory=low_memory or None,
+        max_memory_bytes=parse_memory_size(max_memory, "--max-memory") if max_memory else None,
         local_install_dirs=tuple(allow_local_dirs) if allow_local_dirs else None,
         allow_private_hosts=allow_private_hosts or None,
         allow_unverified_installs=allow_unverified or None,
@@ -208,6 +210,14 @@ def register(app: typer.Typer) -> None:
                 "--low-memory", envvar="LOW_MEMORY", help="Less peak memory, slower decode (see README)."
             ),
         ] = False,
+        max_memory: Annotated[
+            str | None,
+            typer.Option(
+                "--max-memory",
+                envvar="MAX_MEMORY",
+                help="Refuse requests estimated to need more memory, e.g. 12G [default: 85% of RAM]",
+            ),
+        ] = None,
         allow_local_dirs: Annotated[
             list[Path] | None,
             typer.Option(
@@ -260,6 +270,7 @@ def register(app: typer.Typer) -> None:
             max_loaded_models=max_loaded_models,
             workers=workers,
             low_memory=low_memory,
+            max_memory=max_memory,
             allow_local_dirs=allow_local_dirs,
             allow_private_hosts=allow_private_hosts,
             allow_unverified=allow_unverified,

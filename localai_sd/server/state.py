@@ -6,8 +6,9 @@ from dataclasses import dataclass, field, replace
 
 from localai_sd.errors import InvalidRequest
 from localai_sd.models import ModelConfig, load_config
+from localai_sd.pipeline import memory
 from localai_sd.pipeline.pipeline import GeneratedImage
-from localai_sd.pipeline.request import GenerationRequest
+from localai_sd.pipeline.request import GenerationRequest, Limits, check_limits
 from localai_sd.server.gallery_ops import GalleryOps
 from localai_sd.server.images import ImageStore
 from localai_sd.server.jobs import GenerationJob, GenerationQueue, InstallJobs
@@ -30,9 +31,13 @@ class ServerState:
     installs: InstallJobs = field(default_factory=InstallJobs)
     queue: GenerationQueue = field(init=False)
     ready: bool = False
+    #: Peak memory a request may need, in bytes: the setting, or derived from the machine's RAM here, at
+    #: startup (None when neither is known: no memory check).
+    memory_budget: int | None = field(init=False)
 
     def __post_init__(self) -> None:
-        """Create the generation queue bound to this state's runner."""
+        """Create the generation queue bound to this state's runner; settle the memory budget."""
+        self.memory_budget = memory.resolve_budget(self.settings.max_memory_bytes)
         self.queue = GenerationQueue(
             self.run_job, workers=self.settings.workers, max_waiting=self.settings.queue_size
         )
@@ -43,13 +48,9 @@ class ServerState:
             return pipeline.generate(job.request, on_step=job.on_step, should_cancel=job.cancelled)
 
     def prepare(self, body: ImageGenerationBody) -> tuple[GenerationRequest, ModelConfig]:
-        """Validate the body into a request (400s first), then find the model (404)."""
+        """Validate the body into a request (400s), find the model (404), then admit it by memory (400)."""
         settings = self.settings
-        if len(body.prompt) > settings.max_prompt_chars:
-            raise InvalidRequest(
-                f"prompt has {len(body.prompt)} characters; the limit is {settings.max_prompt_chars}",
-                param="prompt",
-            )
+        limits = Limits.from_settings(settings)
         asked_steps = body.step_count()
         request = GenerationRequest.create(
             body.prompt,
@@ -62,13 +63,23 @@ class ServerState:
             schedule=body.schedule,
             cfg_scale=body.cfg_scale,
             n=body.n,
+            limits=limits,
         )
-        self.check_limits(request)
         config = load_config(settings.models_path, body.model or settings.default_model)
         if asked_steps is None and config.step is not None:
             request = replace(request, steps=config.step)
-            self.check_limits(request)
-        return request, config
+            check_limits(request, limits)
+        return self.admit(request, config), config
+
+    def admit(self, request: GenerationRequest, config: ModelConfig) -> GenerationRequest:
+        """The request with its decoder tiling, if its estimated peak memory fits the budget (else 400)."""
+        if self.memory_budget is None:
+            return request
+        settings = self.settings
+        setup = memory.setup_for(
+            request, low_memory=settings.low_memory, threads=settings.threads, backend=config.backend
+        )
+        return memory.admit(request, self.memory_budget, setup)
 
     def mode(self, mode: int | None) -> int:
         """LocalAI's ``mode``: 0 is plain convolution, any other integer winograd+sgemm (its docs use 2)."""
@@ -79,19 +90,3 @@ class ServerState:
                 f"mode {mode} must be 0 (low memory) or a positive integer (faster)", param="mode"
             )
         return 1 if mode else 0
-
-    def check_limits(self, request: GenerationRequest) -> None:
-        """Enforce the configured caps on pixels and on n x steps."""
-        settings = self.settings
-        if request.width * request.height > settings.max_pixels:
-            raise InvalidRequest(
-                f"size {request.size} has {request.width * request.height} pixels; "
-                f"the server's limit is {settings.max_pixels}",
-                param="size",
-            )
-        if request.n * request.steps > settings.max_n_steps:
-            raise InvalidRequest(
-                f"n x step = {request.n} x {request.steps} = {request.n * request.steps}; "
-                f"the server's limit is {settings.max_n_steps}",
-                param="n" if request.n > 1 else "step",
-            )
