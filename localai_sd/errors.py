@@ -108,6 +108,12 @@ class OutputError(LocalAISDError):
     code = "output_error"
 
 
+class OutOfMemory(LocalAISDError):
+    """ncnn could not allocate memory for a net at some size and mode (HTTP 503: retry smaller)."""
+
+    code = "out_of_memory"
+
+
 class Cancelled(LocalAISDError):
     """A generation or install was cancelled (client gone, user interrupt)."""
 

@@ -285,3 +285,44 @@ def test_real_non_square_base_params(real: AssetSet) -> None:
     assert denoised.shape == (4, 32, 48) and np.isfinite(denoised).all()
     image = nets.VAEDecoder.load(real, 384, 256, threads=2, synthetic=nets.SyntheticWeights())(denoised)
     assert image.shape == (3, 256, 384) and np.isfinite(image).all()
+
+
+OOM_SCRIPT = """
+import resource, sys
+import numpy as np
+from pathlib import Path
+from localai_sd.errors import OutOfMemory
+from localai_sd.pipeline import nets
+from localai_sd.pipeline.assets import AssetSet
+
+decoder = nets.VAEDecoder.load(AssetSet.from_dir(Path(sys.argv[1])), 1024, 1024, threads=1)
+latent = np.zeros(decoder.latent_shape, np.float32)
+vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 8 * 2**20, resource.RLIM_INFINITY))
+try:
+    decoder(latent)
+except OutOfMemory as err:
+    print("OOM:", err)
+decoder.close()
+"""
+
+
+def test_ncnn_out_of_memory_names_size_mode_and_what_to_try(tiny_models: Path) -> None:
+    """ncnn returns -100 when an allocation fails; the user sees what ran out, at what size, and what to try."""
+    import subprocess
+    import sys
+
+    from localai_sd.errors import OutOfMemory
+    from localai_sd.models import load_config
+    from localai_sd.server.errors import status_for
+
+    asset_dir = load_config(tiny_models, "stablediffusion").asset_dir
+    done = subprocess.run(
+        [sys.executable, "-c", OOM_SCRIPT, str(asset_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "OOM: ran out of memory running the vae decoder at 1024x1024 in mode 1 (winograd/sgemm); "
+        "try a smaller size, --mode 0, or --low-memory"
+    )
+    assert status_for(OutOfMemory("x"))[0] == 503

@@ -18,7 +18,7 @@ from pathlib import Path
 import ncnn
 import numpy as np
 
-from localai_sd.errors import AssetError, Cancelled, InvalidRequest
+from localai_sd.errors import AssetError, Cancelled, InvalidRequest, OutOfMemory
 from localai_sd.pipeline.assets import AssetSet
 from localai_sd.pipeline.deepcache import find_deep_feature
 from localai_sd.pipeline.param_check import check_param, sd_blob_shapes
@@ -36,6 +36,8 @@ VAE_SCALE = 8
 FLAG_FP32 = 0
 FLAG_FP16 = 0x01306B47
 FLAG_SIZE = 4
+#: What ncnn's forward returns when an allocation fails (ncnn src/net.cpp: "return -100").
+NCNN_OUT_OF_MEMORY = -100
 #: Size of the pool of normal values synthetic weights are cut from (float32 count, 4 MiB).
 SYNTHETIC_POOL = 1 << 20
 
@@ -289,16 +291,29 @@ class NcnnModel:
         self, extractor: ncnn.Extractor, feeds: dict[str, ncnn.Mat], outputs: tuple[str, ...]
     ) -> list[np.ndarray]:
         """Feed Mats and extract ``outputs`` as numpy copies; caller keeps the backing arrays alive."""
-        for blob, mat in feeds.items():
-            _check(extractor.input(blob, mat), f"{self.name}: cannot set input {blob!r}")
-        results = []
-        for blob in outputs:
-            ret, mat = extractor.extract(blob)
-            if ret != 0:
-                raise AssetError(f"{self.name}: ncnn failed to compute {blob!r} (returned {ret})")
-            results.append(np.array(mat, dtype=np.float32, copy=True))
-        extractor.clear()
-        return results
+        try:
+            for blob, mat in feeds.items():
+                _check(extractor.input(blob, mat), f"{self.name}: cannot set input {blob!r}")
+            results = []
+            for blob in outputs:
+                ret, mat = extractor.extract(blob)
+                if ret == NCNN_OUT_OF_MEMORY:
+                    raise OutOfMemory(self.out_of_memory_message())
+                if ret != 0:
+                    raise AssetError(f"{self.name}: ncnn failed to compute {blob!r} (returned {ret})")
+                results.append(np.array(mat, dtype=np.float32, copy=True))
+            return results
+        finally:
+            extractor.clear()  # hand every blob back to the pools, also after a failure
+
+    def out_of_memory_message(self) -> str:
+        """What ran out of memory, at what size and convolution mode, and what to try."""
+        size = f" at {self.width}x{self.height}" if getattr(self, "width", 0) else ""
+        mode = "mode 1 (winograd/sgemm)" if self.options.winograd else "mode 0 (plain convolution)"
+        return (
+            f"ran out of memory running the {self.net_name.replace('_', ' ')}{size} in {mode}; "
+            "try a smaller size, --mode 0, or --low-memory"
+        )
 
     def _run(self, feeds: dict[str, ncnn.Mat], outputs: tuple[str, ...]) -> list[np.ndarray]:
         """One extraction with all of the net's threads, timed."""

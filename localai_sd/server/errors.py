@@ -22,6 +22,7 @@ from localai_sd.errors import (
     LocalAISDError,
     ModelConfigError,
     ModelNotFound,
+    OutOfMemory,
     OutputError,
     QueueFull,
     ShuttingDown,
@@ -78,6 +79,8 @@ def status_for(err: LocalAISDError) -> tuple[int, str, bool]:
         return 429, RATE_LIMIT, True
     if isinstance(err, ShuttingDown):
         return 503, SERVER_ERROR, True
+    if isinstance(err, OutOfMemory):
+        return 503, SERVER_ERROR, False
     if isinstance(err, ModelNotFound):
         return 404, INVALID_REQUEST, False
     if isinstance(err, InvalidRequest):
