@@ -308,7 +308,8 @@ class NcnnModel:
 
     def out_of_memory_message(self) -> str:
         """What ran out of memory, at what size and convolution mode, and what to try."""
-        size = f" at {self.width}x{self.height}" if getattr(self, "width", 0) else ""
+        width, height = getattr(self, "width", 0), getattr(self, "height", 0)
+        size = f" at {width}x{height}" if width else ""
         mode = "mode 1 (winograd/sgemm)" if self.options.winograd else "mode 0 (plain convolution)"
         return (
             f"ran out of memory running the {self.net_name.replace('_', ' ')}{size} in {mode}; "
