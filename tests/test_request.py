@@ -91,7 +91,7 @@ def test_bad_values_are_named(field: str, value: object, rule: str) -> None:
 
 def test_prompt_and_negative_prompt_share_the_character_limit() -> None:
     # The attack: a short prompt with a huge negative prompt slipped past a limit on `prompt` alone.
-    with pytest.raises(InvalidRequest, match="5 \\+ 18000") as info:
+    with pytest.raises(InvalidRequest, match=r"5 \+ 18000") as info:
         GenerationRequest.create("a cat", negative_prompt="BREAK " * 3000)
     assert info.value.param == "negative_prompt" and "limit is 4000" in str(info.value)
     with pytest.raises(InvalidRequest, match="together") as info:
@@ -104,7 +104,7 @@ def test_a_custom_character_limit_counts_both_prompts() -> None:
     limits = Limits(max_prompt_chars=10)
     GenerationRequest.create("12345", negative_prompt="67890", limits=limits)
     # The negative prompt after "|" and the field are joined as "6, 7890": 7 characters.
-    with pytest.raises(InvalidRequest, match="12 characters together .5 \\+ 7."):
+    with pytest.raises(InvalidRequest, match=r"12 characters together \(5 \+ 7\)"):
         GenerationRequest.create("12345|6", negative_prompt="7890", limits=limits)
 
 
