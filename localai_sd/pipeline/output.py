@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import io
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +39,13 @@ def infotext(
     denoising_strength: float | None = None,
     mask_blur: float | None = None,
     masked_padding: int | None = None,
+    extras: Mapping[str, object] | None = None,
 ) -> str:
     """The A1111 infotext: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs.
 
     Edits add A1111's img2img fields after ``Model``: ``Denoising strength``, then for a mask ``Mask blur``
-    and, for "only masked", ``Inpaint area: Only masked`` and ``Masked area padding``.
+    and, for "only masked", ``Inpaint area: Only masked`` and ``Masked area padding``. ``extras`` come last,
+    quoted as A1111 quotes a value holding a comma, colon or newline (a JSON string).
     """
     lines = [prompt]
     if negative_prompt:
@@ -62,8 +66,14 @@ def infotext(
     if masked_padding is not None:
         pairs["Inpaint area"] = "Only masked"
         pairs["Masked area padding"] = masked_padding
-    lines.append(", ".join(f"{key}: {value}" for key, value in pairs.items()))
+    pairs.update(extras or {})
+    lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs.items()))
     return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    """A1111's infotext quoting: a value with ``,``, ``:`` or a newline becomes a JSON string."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
 
 
 def encode_png(pixels: np.ndarray, parameters: str) -> bytes:

@@ -14,7 +14,15 @@ from localai_sd.errors import Cancelled, InvalidRequest
 from localai_sd.models import ModelConfig
 from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
-from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+from localai_sd.pipeline.deepcache import DeepCache, wrap_denoiser
+from localai_sd.pipeline.denoiser import (
+    CompVisDenoiser,
+    Denoiser,
+    GuidanceLimits,
+    cfg_denoiser,
+    load_log_sigmas,
+    sd1_log_sigmas,
+)
 from localai_sd.pipeline.img2img import (
     EditFields,
     EditSpec,
@@ -34,6 +42,7 @@ from localai_sd.pipeline.output import decoder_to_pixels, encode_png, infotext
 from localai_sd.pipeline.prompt import DEFAULT_MAX_CHUNKS, PromptChunk, build_chunks
 from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.pipeline.samplers import SAMPLER_LABELS, SAMPLERS, SCHEDULE_LABELS, SCHEDULES
+from localai_sd.pipeline.tiling import decode, decoder_size
 from localai_sd.pipeline.tokenizer import ClipTokenizer
 
 #: SD 1.x latents have 4 channels at 1/8 of the image size.
@@ -84,6 +93,27 @@ class Timings:
     decode: float = 0.0
     total: float = 0.0
     ncnn: float = 0.0
+
+
+def guidance_limits(request: GenerationRequest) -> GuidanceLimits | None:
+    """The request's skip-uncond rules, or None when it runs guidance at every call."""
+    limits = GuidanceLimits(request.guidance_interval, request.s_min_uncond, request.s_min_uncond_all)
+    return limits if limits.active else None
+
+
+def acceleration_infotext(request: GenerationRequest) -> dict[str, object]:
+    """PNG ``parameters`` entries for the opt-in speed-ups (A1111's ``NGMS`` key for s_min_uncond)."""
+    extras: dict[str, object] = {}
+    if request.guidance_interval is not None:
+        lo, hi = request.guidance_interval
+        extras["Guidance interval"] = f"({lo:g}, {hi:g}]"
+    if request.s_min_uncond > 0:
+        extras["NGMS"] = f"{request.s_min_uncond:g}"
+        if request.s_min_uncond_all:
+            extras["NGMS all steps"] = "True"
+    if request.deepcache_interval > 1:
+        extras["DeepCache interval"] = request.deepcache_interval
+    return extras
 
 
 class StableDiffusion:
@@ -356,7 +386,20 @@ class StableDiffusion:
         sigmas = SCHEDULES[request.schedule](request.steps, self.schedule)
         if edit is not None:
             sigmas = img2img_sigmas(sigmas, edit.strength)
-        model = cfg_denoiser(unet, self.schedule, cond, uncond, request.cfg_scale, pair=unet.pair)
+        limits = guidance_limits(request)
+
+        def guided_model() -> Denoiser:
+            """The CFG denoiser, over DeepCache when asked (a fresh cache per image)."""
+            if request.deepcache_interval > 1:
+                cache = DeepCache(unet, request.deepcache_interval)
+                guided = cfg_denoiser(
+                    cache, self.schedule, cond, uncond, request.cfg_scale, pair=cache.pair, limits=limits
+                )
+                return wrap_denoiser(guided, cache)
+            return cfg_denoiser(
+                unet, self.schedule, cond, uncond, request.cfg_scale, pair=unet.pair, limits=limits
+            )
+
         sampler = SAMPLERS[request.sampler]
         shape = (LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR)
 
@@ -370,9 +413,9 @@ class StableDiffusion:
             noise = rng.standard_normal(shape, dtype=np.float32)
             z0 = None if mean_std is None else sample_latent(*mean_std, encoder_rng(seed))
             x = initial_latent(z0, noise, sigmas[0])
-            denoise = model
+            denoise = guided_model()
             if z0 is not None and edit is not None and edit.latent_mask is not None:
-                denoise = masked_denoiser(model, z0, edit.latent_mask)
+                denoise = masked_denoiser(denoise, z0, edit.latent_mask)
 
             # 5. Sample, reporting every step and checking for cancellation.
             def callback(info: dict, index: int = index, seed: int = seed) -> None:
@@ -395,10 +438,10 @@ class StableDiffusion:
 
             # 6. Decode the latent to pixels and a PNG with its parameters.
             t0 = time.perf_counter()
-            decoder = self.decoder(width, height)
+            decoder = self.decoder(*decoder_size(latent.shape, request.decode_tile))
             timings.load += time.perf_counter() - t0
             t0 = time.perf_counter()
-            pixels = decoder_to_pixels(decoder(latent))
+            pixels = decoder_to_pixels(decode(decoder, latent, request.decode_tile))
             if edit is not None:
                 pixels = finish_pixels(edit, pixels)
             decoder.release_memory()
@@ -418,6 +461,7 @@ class StableDiffusion:
                 height=request.height,
                 model=self.name,
                 **(EditFields() if edit is None else edit_infotext(edit)),
+                extras=acceleration_infotext(request),
             )
             images.append(
                 GeneratedImage(

@@ -33,7 +33,8 @@ MAX_PIXELS = 1024 * 1024
 #: ~11 s per 512x512 step on 2 cores, benchmarks/RESULTS.md), the same work as 250 steps at 1024x1024.
 MAX_PIXEL_STEPS = 10 * 100 * 512 * 512
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+#: Five digits per side at most: enough for any size, and int() never sees a 4300-digit number.
+_SIZE_RE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
 
 def parse_size(text: str, *, max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -129,6 +130,58 @@ def check_limits(request: GenerationRequest, limits: Limits) -> None:
         )
 
 
+#: DeepCache intervals accepted: 1 (off) to 10 (the paper reports up to N = 10 for SD 1.5 with PLMS).
+MAX_DEEPCACHE_INTERVAL = 10
+#: The largest sigma any SD 1.x schedule reaches is about 14.6; bounds above that are accepted but moot.
+MAX_GUIDANCE_SIGMA = 1000.0
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_guidance_interval(value: object) -> tuple[float, float] | None:
+    """``[lo, hi]`` sigmas with 0 <= lo < hi, or None (guidance at every step)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(_number(v) for v in value)
+        or not 0 <= value[0] < value[1] <= MAX_GUIDANCE_SIGMA
+    ):
+        raise InvalidRequest(
+            f"guidance_interval {value!r} must be two sigmas [lo, hi] with 0 <= lo < hi <= {MAX_GUIDANCE_SIGMA:g}, "
+            "e.g. [0.28, 5.42] (Kynkäänniemi et al. 2024)",
+            param="guidance_interval",
+        )
+    return float(value[0]), float(value[1])
+
+
+def check_s_min_uncond(value: object) -> float:
+    """A1111's "Negative Guidance minimum sigma": a sigma >= 0 (0 is off)."""
+    if value is None:
+        return 0.0
+    if not _number(value) or not 0 <= value <= MAX_GUIDANCE_SIGMA:  # type: ignore[operator]
+        raise InvalidRequest(
+            f"s_min_uncond {value!r} must be a sigma from 0 (off) to {MAX_GUIDANCE_SIGMA:g}; A1111 users use 0.5-1",
+            param="s_min_uncond",
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_deepcache_interval(value: object) -> int:
+    """DeepCache's interval N: an integer from 1 (off) to MAX_DEEPCACHE_INTERVAL."""
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DEEPCACHE_INTERVAL:
+        raise InvalidRequest(
+            f"deepcache_interval {value!r} must be an integer from 1 (off) to {MAX_DEEPCACHE_INTERVAL}",
+            param="deepcache_interval",
+        )
+    return value
+
+
 def random_seed() -> int:
     """A fresh random seed in [0, 2**32 - 1]."""
     return secrets.randbelow(MAX_SEED + 1)
@@ -154,6 +207,12 @@ class GenerationRequest:
     #: Latent cells per side of a decoder tile, set by memory admission when the whole-image decode would
     #: not fit the memory budget (``localai_sd/pipeline/memory.py``); None decodes the whole latent at once.
     decode_tile: int | None = None
+    #: Fewer UNet evaluations (opt-in; ``localai_sd/pipeline/denoiser.py`` GuidanceLimits and
+    #: ``deepcache.py``): guidance only for lo < sigma <= hi, A1111's s_min_uncond, DeepCache's interval.
+    guidance_interval: tuple[float, float] | None = None
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    deepcache_interval: int = 1
 
     @property
     def seeds(self) -> list[int]:
@@ -181,6 +240,10 @@ class GenerationRequest:
         schedule: str | None = None,
         cfg_scale: float | None = None,
         n: int | None = None,
+        guidance_interval: tuple[float, float] | list[float] | None = None,
+        s_min_uncond: float | None = None,
+        s_min_uncond_all: bool | None = None,
+        deepcache_interval: int | None = None,
         limits: Limits | None = None,
     ) -> GenerationRequest:
         """Validate raw values into a request; ``|`` in the prompt splits off the negative prompt.
@@ -248,6 +311,10 @@ class GenerationRequest:
             schedule=schedule,
             cfg_scale=float(cfg_scale),
             n=n,
+            guidance_interval=check_guidance_interval(guidance_interval),
+            s_min_uncond=check_s_min_uncond(s_min_uncond),
+            s_min_uncond_all=bool(s_min_uncond_all),
+            deepcache_interval=check_deepcache_interval(deepcache_interval),
         )
         check_limits(request, limits)
         return request
