@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from localai_sd.errors import ModelConfigError, ModelNotFound, UnsafePath
+from localai_sd.errors import InvalidRequest, ModelConfigError, ModelNotFound, UnsafePath
 from localai_sd.paths import safe_join
 
 #: Backends whose assets this project runs (tinydream ships the same weights under other names).
@@ -30,6 +30,38 @@ class ModelConfig:
     #: LocalAI v2 per-model default step count (``step:``), if set.
     step: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def backend_of(data: dict[str, Any]) -> str:
+    """The backend a config runs on: its ``backend``; without one, stablediffusion if it names an
+    asset directory (older configs), else "" (e.g. LocalAI's ``virtual`` entries: piper voices)."""
+    backend = data.get("backend")
+    if isinstance(backend, str) and backend.strip():
+        return backend.strip()
+    return "stablediffusion" if asset_dir_of(data) else ""
+
+
+def is_image_backend(backend: str) -> bool:
+    """True if this project can run models of ``backend``."""
+    return backend in SUPPORTED_BACKENDS
+
+
+def check_image_model(name: str, data: dict[str, Any]) -> None:
+    """Refuse a model config this project cannot run, naming its backend (InvalidRequest, before any download)."""
+    check_image_backend(name, backend_of(data))
+
+
+def check_image_backend(name: str, backend: str) -> None:
+    """Refuse model ``name`` of ``backend`` unless this project runs it ("" means no backend)."""
+    if is_image_backend(backend):
+        return
+    what = f"backend {backend!r}" if backend else "no backend and no asset directory"
+    raise InvalidRequest(
+        f"model {name!r} has {what}; localai-sd runs only image models (backend "
+        f"{' or '.join(SUPPORTED_BACKENDS)}), so it was not installed and nothing was downloaded",
+        param="id",
+        code="unsupported_backend",
+    )
 
 
 def check_name(name: object) -> str:

@@ -102,8 +102,9 @@ def test_ensure_model_without_network_fails_with_one_clear_line(tmp_path: Path) 
     with open(tmp_path / "log.txt", "w") as log, pytest.raises(GalleryError) as info:
         ensure_model(settings, "stablediffusion", Console(file=log, width=120))
     message = str(info.value)
-    assert "\n" not in message
-    assert "local-ai install stablediffusion" in message and "Connection refused" in message
+    assert "\n" not in message and "unreachable" in message and gallery.url in message
+    assert "LOCALAI_MIRRORS" in message and "local-ai install file:///" in message
+    assert "Connection refused" in message and "not found" not in message
     assert not (tmp_path / "models" / "stablediffusion.yaml").exists()
 
 

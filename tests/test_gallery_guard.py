@@ -110,7 +110,12 @@ def test_the_trusted_policy_keeps_local_files_and_loopback(server: FakeGallery, 
 
 def test_a_failed_install_leaves_no_lock_file(server: FakeGallery, tmp_path: Path) -> None:
     settings = Settings(models_path=tmp_path / "models", download_retries=0)
-    server.add("/m.yaml", b"name: m\nfiles:\n- filename: m/x\n  uri: " + server.url.encode() + b"/missing\n")
+    server.add(
+        "/m.yaml",
+        b'name: m\nconfig_file: "backend: stablediffusion"\nfiles:\n- filename: m/x\n  uri: '
+        + server.url.encode()
+        + b"/missing\n",
+    )
     with pytest.raises(DownloadError):
         install_model(InstallRequest(url=f"{server.url}/m.yaml"), settings)
     assert not (settings.models_path / LOCK_NAME).exists()

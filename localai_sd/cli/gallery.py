@@ -24,13 +24,15 @@ from rich.progress import (
 from rich.table import Table
 
 from localai_sd.cli.app import handle_errors, stderr_console
-from localai_sd.errors import GalleryError
-from localai_sd.gallery.catalog import available_models
+from localai_sd.errors import GalleryError, GalleryUnreachable
+from localai_sd.gallery.catalog import available_models, shown_by_default
+from localai_sd.gallery.definitions import GalleryEntry
 from localai_sd.gallery.download import PHASE_DONE, PHASE_FAILED, PHASE_SKIPPED, DownloadProgress
 from localai_sd.gallery.install import InstallRequest, install_model, validate_request
 from localai_sd.gallery.preload import preload, preload_items
-from localai_sd.gallery.store import delete_model, is_installed, models_root
-from localai_sd.gallery.urls import looks_like_url
+from localai_sd.gallery.store import delete_model, is_installed, models_root, partial_installs
+from localai_sd.gallery.streams import human_bytes
+from localai_sd.gallery.urls import looks_like_url, resolve_url
 from localai_sd.models import config_path, list_models
 from localai_sd.settings import Settings, parse_galleries
 
@@ -139,20 +141,56 @@ def install(
     typer.echo(installed)
 
 
-def models_list(models_path: ModelsPathOption = None) -> None:
-    """List installed models (one name per line)."""
+AllOption = Annotated[
+    bool, typer.Option("--all", help="Also list what this tool cannot run or did not finish.")
+]
+
+
+def models_list(models_path: ModelsPathOption = None, all_: AllOption = False) -> None:
+    """List installed models (one name per line); ``--all`` adds failed installs' kept files."""
     settings = build_settings(models_path, None)
-    for name in list_models(models_root(settings)):
+    models = models_root(settings)
+    for name in list_models(models):
         typer.echo(name)
+    if all_:
+        for partial in partial_installs(models):
+            typer.echo(
+                f"{partial.name}  incomplete, {human_bytes(partial.size)} in {len(partial.files)} file(s) "
+                f"(resume: local-ai install {partial.source} --name {partial.name}; "
+                f"remove: local-ai models delete {partial.name})"
+            )
 
 
-def models_available(models_path: ModelsPathOption = None, galleries: GalleriesOption = None) -> None:
-    """List every gallery entry and whether it is installed."""
+def models_available(
+    models_path: ModelsPathOption = None, galleries: GalleriesOption = None, all_: AllOption = False
+) -> None:
+    """List the gallery's image models and whether each is installed; ``--all`` lists every entry."""
     settings = build_settings(models_path, galleries)
-    table = Table("id", "installed", "license", "description")
-    for entry in available_models(settings):
-        table.add_row(entry.id, "yes" if entry.installed else "no", entry.license, entry.description.strip())
+    entries = available_models(settings, all_backends=True)
+    shown = [e for e in entries if all_ or shown_by_default(e)]
+    table = Table("id", "backend", "installed", "license", "description")
+    for entry in shown:
+        table.add_row(
+            entry.id,
+            backend_label(entry),
+            "yes" if entry.installed else "no",
+            entry.license,
+            entry.description.strip(),
+        )
     Console(width=200).print(table)
+    if hidden := len(entries) - len(shown):
+        stderr_console().print(
+            f"{hidden} entries of other backends (not image models) hidden; --all lists them"
+        )
+
+
+def backend_label(entry: GalleryEntry) -> str:
+    """The entry's backend, marked when this tool cannot run it."""
+    if entry.backend is None:
+        return "?"
+    if shown_by_default(entry):
+        return entry.backend
+    return f"{entry.backend or 'none'} (unsupported)"
 
 
 def models_delete(
@@ -185,19 +223,45 @@ def ensure_model(settings: Settings, name: str, console: Console) -> None:
     console.print(f"model [bold]{name}[/] is not installed; installing it from the gallery…")
     try:
         install_with_bars(InstallRequest(id=name), settings, console)
+    except GalleryUnreachable as err:
+        raise GalleryUnreachable(unreachable_message(settings, name, err)) from None
     except GalleryError as err:
-        galleries = ", ".join(f"{g.name} ({g.url})" for g in settings.galleries) or "none configured"
         raise GalleryError(
             f"model {name!r} is not installed in {models_root(settings)} and installing it from the gallery "
-            f"({galleries}) failed: {err}. Install it with: local-ai install {name} "
-            f"--models-path {settings.models_path} (offline: set LOCALAI_MIRRORS or install from a file:// URL)"
+            f"({gallery_urls(settings)}) failed: {err}. Install it with: local-ai install {name} "
+            f"--models-path {settings.models_path}"
         ) from None
+
+
+def gallery_urls(settings: Settings) -> str:
+    """``name (url), ...`` of the configured galleries, with the mirror used for each."""
+    parts = []
+    for gallery in settings.galleries:
+        try:
+            mirrored = str(resolve_url(gallery.url, settings.mirrors))
+        except GalleryError:
+            mirrored = gallery.url
+        via = f" via {mirrored}" if mirrored != gallery.url else ""
+        parts.append(f"{gallery.name} ({gallery.url}{via})")
+    return ", ".join(parts) or "none configured"
+
+
+def unreachable_message(settings: Settings, name: str, err: GalleryError) -> str:
+    """Why the default model could not be installed (no network), and the two ways out."""
+    return (
+        f"model {name!r} is not installed in {models_root(settings)}, and the model gallery "
+        f"{gallery_urls(settings)} is unreachable ({err}). Either set LOCALAI_MIRRORS to a reachable copy "
+        "(e.g. LOCALAI_MIRRORS='https://raw.githubusercontent.com/=https://mirror.example/raw/'), "
+        f"or install from local files: local-ai install file:///path/to/{name}.yaml "
+        f"--models-path {settings.models_path} (or point GALLERIES at a local index.yaml)"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add ``install`` and the ``models`` sub-commands."""
     app.command("install")(handle_errors(install))
     models = typer.Typer(help="Installed and available models.", no_args_is_help=True)
+    models.command("install", help="Same as local-ai install.")(handle_errors(install))
     models.command("list")(handle_errors(models_list))
     models.command("available")(handle_errors(models_available))
     models.command("delete")(handle_errors(models_delete))

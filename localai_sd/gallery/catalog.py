@@ -18,6 +18,7 @@ from localai_sd.gallery.definitions import (
     ID_SEPARATOR,
     GalleryEntry,
     GalleryModel,
+    deep_merge,
     parse_config_file,
     parse_gallery_model,
     parse_index,
@@ -29,6 +30,7 @@ from localai_sd.gallery.http_fetch import DownloadPolicy
 from localai_sd.gallery.store import is_installed, models_root
 from localai_sd.gallery.streams import CancelCheck
 from localai_sd.gallery.urls import Source, resolve_url
+from localai_sd.models import backend_of, is_image_backend
 from localai_sd.settings import Gallery, Settings
 
 
@@ -146,15 +148,45 @@ def entry_definition(entry: GalleryEntry, fetcher: Fetcher) -> GalleryModel:
     raise GalleryError(f"gallery entry {entry.id!r} has neither a url nor a config_file")
 
 
+def entry_backend(entry: GalleryEntry, fetcher: Fetcher, definitions: dict[str, GalleryModel]) -> str | None:
+    """The backend an entry installs (definition config with the entry's overrides), or None if the
+    definition cannot be read; ``definitions`` caches fetched definitions by URL."""
+    try:
+        if entry.url and entry.url not in definitions:
+            definitions[entry.url] = fetcher.model(entry.url)
+        model = definitions[entry.url] if entry.url else entry_definition(entry, fetcher)
+    except Cancelled:
+        raise
+    except GalleryError:
+        return None
+    return backend_of(deep_merge(model.config, entry.overrides))
+
+
+def shown_by_default(entry: GalleryEntry) -> bool:
+    """True unless the entry is known to need a backend this project cannot run."""
+    return entry.backend is None or is_image_backend(entry.backend)
+
+
 def available_models(
     settings: Settings,
     *,
     policy: DownloadPolicy | None = None,
     session: requests.Session | None = None,
     guard: InstallPolicy | None = None,
+    all_backends: bool = False,
 ) -> list[GalleryEntry]:
-    """Every entry of every configured gallery, each flagged ``installed`` if its config exists."""
-    with open_fetcher(settings, policy=policy, session=session, guard=guard) as fetcher:
-        entries = [entry for gallery in settings.galleries for entry in fetcher.index(gallery)]
+    """Entries of every configured gallery, each flagged ``installed`` if its config exists and with
+    its ``backend``; entries of non-image backends only when ``all_backends``."""
+    definitions: dict[str, GalleryModel] = {}
     models = models_root(settings)
-    return [replace(entry, installed=is_installed(models, entry.name)) for entry in entries]
+    with open_fetcher(settings, policy=policy, session=session, guard=guard) as fetcher:
+        entries = [
+            replace(
+                entry,
+                installed=is_installed(models, entry.name),
+                backend=entry_backend(entry, fetcher, definitions),
+            )
+            for gallery in settings.galleries
+            for entry in fetcher.index(gallery)
+        ]
+    return [entry for entry in entries if all_backends or shown_by_default(entry)]

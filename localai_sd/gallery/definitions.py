@@ -96,6 +96,8 @@ class GalleryEntry:
     #: v2.x entries may inline the definition's ``config_file`` instead of a ``url``.
     config_file: str | None = None
     installed: bool = False
+    #: The backend its config runs on ("" when it names none), or None when it could not be read.
+    backend: str | None = None
 
     @property
     def id(self) -> str:
@@ -116,6 +118,7 @@ class GalleryEntry:
             "files": [f.to_dict() for f in self.files],
             "gallery": {"name": self.gallery.name, "url": self.gallery.url},
             "installed": self.installed,
+            "backend": self.backend,
         }
 
 

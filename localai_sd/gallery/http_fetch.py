@@ -2,7 +2,8 @@
 
 Fixes LocalAI's downloader (REFERENCE.md §2.6): the HTTP status is checked, connect/read
 timeouts are set, transient failures (5xx, 408, 429, connection errors, timeouts) are retried
-with exponential backoff, and a ``.partial`` is resumed with an HTTP Range request (RFC 9110 §14)
+with exponential backoff, while a refused connection or a host name that does not resolve fails at
+once (retrying cannot help, and offline it only costs time), and a ``.partial`` is resumed with an HTTP Range request (RFC 9110 §14)
 when the server answers 206 with a matching Content-Range; otherwise the transfer starts over.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import re
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 
 import requests
 import urllib3
+from urllib3.exceptions import NameResolutionError
 
 from localai_sd.errors import DownloadError, GalleryUnreachable, LocalAISDError
 from localai_sd.gallery.streams import (
@@ -40,6 +43,8 @@ RETRY_STATUSES = frozenset({408, 429})
 MAX_DOCUMENT_BYTES = 16 << 20
 #: ``<urllib3.connection.HTTPConnection object at 0x...>: `` prefixes in urllib3 messages.
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*")
+#: ``HTTPConnection(host='h', port=80): `` prefixes in urllib3 messages (the URL is named already).
+_CONNECTION_REPR = re.compile(r"\w*Connection\w*\(host=[^()]*\):\s*")
 #: ``Content-Range: bytes START-END/TOTAL`` (RFC 9110 §14.4); TOTAL may be ``*``.
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -85,7 +90,34 @@ def session_scope(session: requests.Session | None) -> Iterator[requests.Session
 
 
 class TransientError(Exception):
-    """A failure worth retrying (connection error, timeout, 5xx, cut transfer)."""
+    """A failed attempt worth retrying (timeout, 5xx, cut transfer), unless ``retryable`` is False."""
+
+    retryable = True
+
+
+class HostUnreachable(TransientError):
+    """The connection was refused or the host name does not resolve: the attempt fails, no retry."""
+
+    retryable = False
+
+
+#: Connect failures no retry can fix: refused port, unknown host name.
+PERMANENT_CONNECT_ERRORS = (ConnectionRefusedError, socket.gaierror, NameResolutionError)
+
+
+def is_permanent_connect_error(exc: BaseException) -> bool:
+    """True if ``exc`` (a requests/urllib3 error) wraps a refused connection or a failed name lookup."""
+    pending, seen = [exc], set()
+    while pending:
+        err = pending.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, PERMANENT_CONNECT_ERRORS):
+            return True
+        links = (err.__cause__, err.__context__, getattr(err, "reason", None), *err.args)
+        pending.extend(link for link in links if isinstance(link, BaseException))
+    return False
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -96,7 +128,8 @@ def describe_exception(exc: BaseException) -> str:
         if not isinstance(inner, BaseException):
             break
         reason = inner
-    return _OBJECT_REPR.sub("", str(reason)).strip() or type(reason).__name__
+    text = _CONNECTION_REPR.sub("", _OBJECT_REPR.sub("", str(reason)))
+    return text.strip() or type(reason).__name__
 
 
 def retry_transient(
@@ -113,7 +146,7 @@ def retry_transient(
         try:
             return call()
         except TransientError as err:
-            if attempt >= policy.retries:
+            if attempt >= policy.retries or not err.retryable:
                 raise give_up(attempt + 1, err) from None
             sleep_unless_cancelled(policy.delay(attempt), cancel, name)
             attempt += 1
@@ -171,9 +204,8 @@ def open_response(
         detail = f"timed out connecting to {url} (connect timeout {policy.connect_timeout}s)"
         raise TransientError(failure(url, policy, detail)) from None
     except requests.RequestException as exc:
-        raise TransientError(
-            failure(url, policy, f"cannot connect to {url}: {describe_exception(exc)}")
-        ) from None
+        kind = HostUnreachable if is_permanent_connect_error(exc) else TransientError
+        raise kind(failure(url, policy, f"cannot connect to {url}: {describe_exception(exc)}")) from None
     status = response.status_code
     if status >= 400 and not (offset and status == 416):
         response.close()

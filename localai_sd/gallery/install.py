@@ -53,13 +53,14 @@ from localai_sd.gallery.store import (
     forbidden_target,
     image_dir_of,
     install_lock,
+    keep_partial,
     manifest_path,
     models_root,
     write_manifest,
 )
 from localai_sd.gallery.streams import CancelCheck, check_cancel, sha256_matches
 from localai_sd.gallery.urls import Source, resolve_url
-from localai_sd.models import asset_dir_of, config_path, resolve_asset_dir
+from localai_sd.models import asset_dir_of, check_image_model, config_path, resolve_asset_dir
 from localai_sd.paths import safe_join
 from localai_sd.settings import Settings
 
@@ -149,9 +150,10 @@ class InstallFailed(DownloadError):
     code = "install_failed"
 
     def __init__(self, model: str, errors: list[LocalAISDError], count: int):
-        """Summarise every failing file of ``model`` on one line."""
-        details = "; ".join(str(e) for e in errors)
-        super().__init__(f"install of model {model!r} failed for {len(errors)} of {count} files: {details}")
+        """A summary line, then one line per failing file of ``model``."""
+        lines = [f"install of model {model!r} failed for {len(errors)} of {count} files:"]
+        lines += [f"  {e}" for e in errors]
+        super().__init__("\n".join(lines))
         self.model = model
         self.errors = tuple(errors)
 
@@ -253,6 +255,7 @@ def plan_install(req: InstallRequest, fetcher: Fetcher) -> InstallPlan:
     )
     merged = deep_merge(model.config, overrides)
     merged.pop("name", None)
+    check_image_model(name, merged)
     check_asset_dir(models, merged, f"model {name!r}")
     return InstallPlan(
         name=name,
@@ -349,6 +352,16 @@ def fetch_files(
     return downloaded, errors
 
 
+def fetch_all(plan: InstallPlan, fetcher: Fetcher, progress: ProgressCallback | None) -> list[str]:
+    """Ensure every planned file; raise the single error, or InstallFailed listing every failing file."""
+    downloaded, errors = fetch_files(plan, fetcher, progress)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise InstallFailed(plan.name, errors, len(plan.files))
+    return downloaded
+
+
 def write_outputs(plan: InstallPlan, models: Path, source_label: str) -> None:
     """Write prompt templates, the manifest, then the config (last), each atomically."""
     for template, path in plan.templates:
@@ -387,13 +400,13 @@ def install_model(
         models.mkdir(parents=True, exist_ok=True)
         with install_lock(models, cancel):
             check_ownership(plan, models)
-            downloaded, errors = fetch_files(plan, fetcher, progress)
-            if len(errors) == 1:
-                raise errors[0]
-            if errors:
-                raise InstallFailed(plan.name, errors, len(plan.files))
-            check_cancel(cancel, plan.name)
-            write_outputs(plan, models, req.label)
+            try:
+                downloaded = fetch_all(plan, fetcher, progress)
+                check_cancel(cancel, plan.name)
+                write_outputs(plan, models, req.label)
+            except BaseException:
+                keep_partial(models, plan.name, req.label, [(s.filename, t) for s, _, t in plan.files])
+                raise
     return InstalledModel(
         name=plan.name,
         config_path=plan.config_path,

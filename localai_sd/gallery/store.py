@@ -106,10 +106,65 @@ def sweep_partials(models: Path) -> int:
     return removed
 
 
-def write_manifest(path: Path, model: str, source: str, files: list[str], templates: list[str]) -> None:
-    """Write the manifest of ``model``: its source label and the files and templates it placed."""
-    manifest = {"model": model, "source": source, "files": files, "templates": templates}
+def write_manifest(
+    path: Path, model: str, source: str, files: list[str], templates: list[str], *, complete: bool = True
+) -> None:
+    """Write the manifest of ``model``: its source label, the files and templates it placed, and
+    whether the install completed (False: a failed install's verified files, kept to resume)."""
+    manifest = {
+        "model": model,
+        "source": source,
+        "complete": complete,
+        "files": files,
+        "templates": templates,
+    }
     write_atomic(path, json.dumps(manifest, indent=2).encode("utf-8"))
+
+
+def is_complete(manifest: dict[str, Any]) -> bool:
+    """False only for a manifest a failed install wrote (older manifests have no flag: complete)."""
+    return manifest.get("complete", True) is not False
+
+
+@dataclass(frozen=True)
+class PartialInstall:
+    """A failed install's leftovers: the files its manifest records that are still on disk."""
+
+    name: str
+    source: str
+    files: tuple[Path, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk."""
+        return sum(path.stat().st_size for path in self.files if path.is_file())
+
+
+def recorded_files(models: Path, manifest: dict[str, Any]) -> list[Path]:
+    """The existing files (and ``.partial`` downloads) a manifest records, each inside the models dir."""
+    found = []
+    for rel in recorded_paths(manifest):
+        try:
+            target = safe_join(models, rel, what="file name")
+        except UnsafePath:
+            continue
+        found += [path for path in (target, partial_path(target)) if path.is_file()]
+    return found
+
+
+def partial_installs(models: Path) -> list[PartialInstall]:
+    """Failed installs of models that are not installed, whose manifest records files still on disk."""
+    prefix, suffix = MANIFEST_FORMAT.split("{name}")
+    found = []
+    for path in sorted(models.glob(MANIFEST_FORMAT.format(name="*"))):
+        name = path.name[len(prefix) : -len(suffix)]
+        manifest = read_manifest(path)
+        if is_complete(manifest) or is_installed(models, name):
+            continue
+        files = recorded_files(models, manifest)
+        if files:
+            found.append(PartialInstall(name, str(manifest.get("source", "")), tuple(files)))
+    return found
 
 
 def is_installed(models: Path, name: str) -> bool:
@@ -214,31 +269,60 @@ def remove_empty_parents(path: Path, models: Path) -> None:
         parent = parent.parent
 
 
+def keep_partial(models: Path, name: str, source: str, files: list[tuple[str, Path]]) -> None:
+    """After a failed install of ``name``: drop emptied folders, and record the (filename, target)
+    files on disk as a resumable partial install (manifest marked incomplete) for ``delete``/``list --all``."""
+    for _, target in files:
+        if not target.exists():
+            remove_empty_parents(target, models)
+    if is_installed(models, name):
+        return  # an installed model keeps its own manifest
+    claims = claims_of_others(models, name)
+    path = manifest_path(models, name)
+    previous = read_manifest(path)
+    earlier = [] if is_complete(previous) else recorded_paths(previous)
+    ours = [rel for rel, target in files if not claims.owner_of(models, target)]
+    kept = [rel for rel in dict.fromkeys(earlier + ours) if recorded_files(models, {"files": [rel]})]
+    if kept:
+        write_manifest(path, name, source, kept, [], complete=False)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def delete_model(settings: Settings, name: str) -> list[Path]:
-    """Delete an installed model: its config first, then the files its install wrote (unless shared)."""
+    """Delete an installed model (its config first, then the files its install wrote, unless shared),
+    or the kept files of a failed install of ``name``."""
     models = models_root(settings)
     config = config_path(models, name)
-    if not config.is_file():
-        raise ModelNotFound(f"model {name!r} is not installed: no {config.name} in {models}")
-    removed = []
-    image_dir = image_dir_of(settings)
     with install_lock(models, None):
         manifest_file = manifest_path(models, name)
         manifest = read_manifest(manifest_file)
-        config.unlink()
-        removed.append(config)
-        claims = claims_of_others(models, name)
-        for rel in recorded_paths(manifest):
-            try:
-                target = safe_join(models, rel, what="file name")
-            except UnsafePath:
-                continue
-            if forbidden_target(models, target, image_dir) or claims.owner_of(models, target):
-                continue
-            for path in (target, partial_path(target)):
-                if path.is_file():
-                    path.unlink()
-                    removed.append(path)
-            remove_empty_parents(target, models)
+        if not config.is_file() and (is_complete(manifest) or not manifest):
+            raise ModelNotFound(f"model {name!r} is not installed: no {config.name} in {models}")
+        removed = []
+        if config.is_file():
+            config.unlink()
+            removed.append(config)
+        removed += remove_recorded(settings, models, name, manifest)
         manifest_file.unlink(missing_ok=True)
+    return removed
+
+
+def remove_recorded(settings: Settings, models: Path, name: str, manifest: dict[str, Any]) -> list[Path]:
+    """Remove the files a manifest records (not other models' or off-limits ones) and emptied folders."""
+    removed = []
+    image_dir = image_dir_of(settings)
+    claims = claims_of_others(models, name)
+    for rel in recorded_paths(manifest):
+        try:
+            target = safe_join(models, rel, what="file name")
+        except UnsafePath:
+            continue
+        if forbidden_target(models, target, image_dir) or claims.owner_of(models, target):
+            continue
+        for path in (target, partial_path(target)):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+        remove_empty_parents(target, models)
     return removed

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from localai_sd.gallery.catalog import available_models
+from localai_sd.gallery.catalog import available_models, shown_by_default
 from localai_sd.gallery.download import DownloadProgress
 from localai_sd.gallery.guard import InstallPolicy
 from localai_sd.gallery.install import InstallRequest, install_model, validate_request
 from localai_sd.gallery.preload import preload
 from localai_sd.gallery.store import delete_model
+from localai_sd.models import check_image_backend
 from localai_sd.server.installs import InstallStatus
 from localai_sd.settings import Settings
 
@@ -29,8 +30,8 @@ class GalleryOps(Protocol):
         """Install a validated request, updating ``status``; return the installed model name."""
         ...
 
-    def available(self) -> list[dict[str, Any]]:
-        """Gallery entries, each with ``installed``."""
+    def available(self, all_backends: bool = False) -> list[dict[str, Any]]:
+        """Gallery entries, each with ``installed`` and ``backend``; non-image ones only with ``all_backends``."""
         ...
 
     def delete(self, name: str) -> None:
@@ -52,11 +53,18 @@ class LibraryGallery:
         """Use the galleries, models path and download policy of ``settings``."""
         self.settings = settings
         self.guard = InstallPolicy.for_server(settings)
+        #: Backends of the entries the last listings showed, by ``gallery@name`` and bare name.
+        self.backends: dict[str, str] = {}
 
     def validate(self, body: dict[str, Any]) -> InstallRequest:
-        """Parse and check the request (fields, URL forms and policy, gallery id, names, paths) without downloading."""
+        """Check the request without network (fields, URL forms and policy, gallery id, names, paths),
+        and refuse a backend known to be unsupported: named in ``overrides`` or listed by ``available``.
+        The install itself refuses any other non-image model before downloading a file."""
         request = InstallRequest.from_dict(body)
         validate_request(request, self.settings, self.guard)
+        backend = request.overrides.get("backend") or self.backends.get(request.id or "")
+        if isinstance(backend, str):
+            check_image_backend(request.name or request.label, backend)
         return request
 
     def install(self, request: InstallRequest, status: InstallStatus) -> str:
@@ -69,9 +77,13 @@ class LibraryGallery:
             guard=self.guard,
         ).name
 
-    def available(self) -> list[dict[str, Any]]:
-        """Gallery entries as JSON-ready dicts, each with ``installed``."""
-        return [entry.to_dict() for entry in available_models(self.settings, guard=self.guard)]
+    def available(self, all_backends: bool = False) -> list[dict[str, Any]]:
+        """Gallery entries as JSON-ready dicts, each with ``installed`` and ``backend``."""
+        entries = available_models(self.settings, guard=self.guard, all_backends=True)
+        for entry in reversed(entries):  # a bare name means the first gallery's entry
+            if entry.backend is not None:
+                self.backends[entry.id] = self.backends[entry.name] = entry.backend
+        return [entry.to_dict() for entry in entries if all_backends or shown_by_default(entry)]
 
     def delete(self, name: str) -> None:
         """Remove model ``name`` (``ModelNotFound`` if it is not installed)."""

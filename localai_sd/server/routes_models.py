@@ -72,10 +72,10 @@ def build_router() -> APIRouter:
         """Every job's status keyed by uuid, as LocalAI's map."""
         return {key: status.as_json() for key, status in server_state(request).installs.all().items()}
 
-    @router.get("/models/available", summary="Gallery entries, each with 'installed'")
-    async def available(request: Request) -> list[dict[str, Any]]:
-        """The entries of every configured gallery."""
-        return await run_in_threadpool(server_state(request).gallery.available)
+    @router.get("/models/available", summary="Gallery entries of image models, each with 'installed'")
+    async def available(request: Request, all: bool = False) -> list[dict[str, Any]]:
+        """The entries of every configured gallery this server can run; ``?all=true`` lists every entry."""
+        return await run_in_threadpool(server_state(request).gallery.available, all)
 
     @router.post("/models/delete/{name}", summary="Remove an installed model")
     async def delete(name: str, request: Request) -> dict[str, str]:
