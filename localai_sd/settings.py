@@ -75,6 +75,10 @@ class Settings:
     workers: int = 1
     #: Requests waiting for a worker before the server answers 429.
     queue_size: int = 16
+    #: Longest silence on an SSE stream (job events, OpenAI streaming) before a keep-alive comment, seconds.
+    sse_keepalive_seconds: float = 15.0
+    #: Serve the studio page at ``/`` (``--no-studio`` / ``STUDIO=false`` turn it off).
+    studio: bool = True
     max_prompt_chars: int = 4000
     #: Cap on 77-token chunks per prompt (each BREAK starts one; each is one more text-encoder run).
     max_prompt_chunks: int = 8
@@ -157,6 +161,10 @@ class Settings:
             values["allow_private_hosts"] = True
         if env.get("ALLOW_UNVERIFIED_INSTALLS", "").lower() in ("1", "true", "yes"):
             values["allow_unverified_installs"] = True
+        if v := env.get("SSE_KEEPALIVE"):
+            values["sse_keepalive_seconds"] = float(parse_positive_int(v, "SSE_KEEPALIVE"))
+        if env.get("STUDIO", "").lower() in ("0", "false", "no"):
+            values["studio"] = False
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -136,3 +136,45 @@ def wait_until(predicate: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+@dataclass
+class SlowPipeline:
+    """The real pipeline with a pause after every step, so a watcher can see progress (and cancel)."""
+
+    inner: object
+    seconds: float
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[GeneratedImage]:
+        """Generate with the real nets, sleeping ``seconds`` after each step (cancellable meanwhile)."""
+
+        def slow_step(event: StepEvent) -> None:
+            if on_step is not None:
+                on_step(event)
+            deadline = time.monotonic() + self.seconds
+            while time.monotonic() < deadline and not (should_cancel is not None and should_cancel()):
+                time.sleep(0.01)
+
+        return self.inner.generate(request, on_step=slow_step, should_cancel=should_cancel)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Close the real pipeline."""
+        self.inner.close()  # type: ignore[attr-defined]
+
+
+def slow_loader(seconds: float) -> Callable[[ModelConfig], SlowPipeline]:
+    """A loader of real (tiny) pipelines that pause ``seconds`` after each step."""
+
+    def load(config: ModelConfig) -> SlowPipeline:
+        """Load the real nets and slow them down."""
+        from localai_sd.pipeline.pipeline import StableDiffusion
+
+        return SlowPipeline(StableDiffusion.load(config, threads=1), seconds)
+
+    return load

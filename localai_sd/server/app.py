@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 from localai_sd.errors import LocalAISDError, OutputError
 from localai_sd.gallery.store import models_root, sweep_partials
 from localai_sd.models import ModelConfig
-from localai_sd.server import routes_images, routes_models
+from localai_sd.server import routes_images, routes_jobs, routes_models
 from localai_sd.server.csrf import CsrfGuard, HostGuard, declared_multipart_paths
 from localai_sd.server.errors import (
     INVALID_REQUEST,
@@ -38,6 +38,7 @@ from localai_sd.server.models_cache import Loader, ModelCache, Pipeline
 from localai_sd.server.openapi import install_openapi
 from localai_sd.server.shutdown import begin_shutdown, on_first_signal
 from localai_sd.server.state import ServerState
+from localai_sd.server.studio import StudioFiles
 from localai_sd.settings import Settings
 
 LOG = logging.getLogger("localai_sd.server")
@@ -216,6 +217,7 @@ def create_app(
     install_error_handlers(app)
     add_health_routes(app, state)
     app.include_router(routes_images.build_router())
+    app.include_router(routes_jobs.build_router())
     app.include_router(routes_models.build_router())
     add_middleware(app, settings)
     install_openapi(app)
@@ -223,9 +225,10 @@ def create_app(
 
 
 def add_middleware(app: FastAPI, settings: Settings) -> None:
-    """Outermost first: proxy headers, Host, CORS, Origin/Content-Type, API key, body limit."""
+    """Outermost first: proxy headers, Host, CORS, Origin/Content-Type, studio page, API key, body limit."""
     app.add_middleware(BodyLimitMiddleware, limit_mb=settings.upload_limit_mb)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(StudioFiles, enabled=settings.studio)
     app.add_middleware(
         CsrfGuard,
         allowed_origins=settings.cors_allow_origins,

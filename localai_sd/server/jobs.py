@@ -5,10 +5,15 @@ threads (one by default) off the event loop. A full queue raises ``QueueFull`` (
 A cancelled job is removed if still queued, or stopped at its next sampling step. On shutdown
 (``shutdown``, the first SIGTERM/SIGINT) every queued job fails with ``ShuttingDown`` at once and
 the running one stops at its next step.
+
+The queue is the local ``JobBackend`` (``localai_sd.jobs.backend``): each job keeps an ``EventLog``
+of plain events (queued position, per-step progress and preview, done/error/cancelled) that the
+routes, the SSE stream and OpenAI streaming read by cursor.
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
@@ -19,8 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localai_sd.errors import Cancelled, QueueFull, ShuttingDown
+from localai_sd.jobs import events as ev
+from localai_sd.jobs.backend import JobNotFound
+from localai_sd.jobs.events import Record
+from localai_sd.jobs.log import EventLog
 from localai_sd.models import ModelConfig
 from localai_sd.pipeline.pipeline import GeneratedImage, StepEvent
+from localai_sd.pipeline.preview import preview_png
 from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.server.installs import InstallJobs, InstallStatus, human_size
 
@@ -46,6 +56,16 @@ class GenerationJob:
     error: str | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: Future[list[GeneratedImage]] = field(default_factory=Future)
+    #: Global steps (1-based over all images) whose previews are kept (an OpenAI stream's partial images).
+    keep_previews: frozenset[int] = frozenset()
+    #: Whether each step publishes a preview PNG (needs the pipeline's ``denoised``).
+    previews: bool = True
+    log: EventLog = field(init=False)
+    started: float | None = None
+
+    def __post_init__(self) -> None:
+        """An empty event log that keeps the asked previews."""
+        self.log = EventLog(self.keep_previews)
 
     @property
     def model(self) -> str:
@@ -56,9 +76,27 @@ class GenerationJob:
         """True once the job was cancelled (the pipeline polls this between steps)."""
         return self.cancel_event.is_set()
 
+    def publish(self, event: ev.Event, global_step: int = 0) -> None:
+        """Add ``event`` to the job's stream."""
+        self.log.append(event, global_step)
+
+    def begin(self) -> None:
+        """The job left the queue: start the clock and publish step 0."""
+        self.state, self.started = RUNNING, time.monotonic()
+        self.publish(ev.Progress(1, self.request.n, 0, self.request.steps))
+
     def on_step(self, event: StepEvent) -> None:
-        """Record the pipeline's progress."""
+        """Record the pipeline's progress; publish it, with a preview of the x0 estimate when known."""
         self.index, self.step = event.index, event.step
+        done = event.index * event.steps + event.step
+        elapsed = time.monotonic() - (self.started or time.monotonic())
+        eta = ev.eta_seconds(elapsed, done, event.n * event.steps)
+        self.publish(ev.Progress(event.index + 1, event.n, event.step, event.steps, eta))
+        if self.previews and event.denoised is not None:
+            png, width, height = preview_png(event.denoised)
+            b64 = base64.b64encode(png).decode("ascii")
+            preview = ev.Preview(event.index + 1, event.step, event.steps, width, height, b64)
+            self.publish(preview, global_step=done)
 
     def progress(self) -> float:
         """Percent done over all n images and steps, 0-100."""
@@ -83,6 +121,16 @@ class GenerationJob:
 
 
 Runner = Callable[[GenerationJob], list[GeneratedImage]]
+
+
+def done_event(images: list[GeneratedImage]) -> ev.Done:
+    """The ``done`` event: the images' seeds and size (0 for a runner that returns something else)."""
+    first = images[0] if images else None
+    return ev.Done(
+        tuple(getattr(image, "seed", 0) for image in images),
+        getattr(first, "width", 0),
+        getattr(first, "height", 0),
+    )
 
 
 class GenerationQueue:
@@ -142,15 +190,45 @@ class GenerationQueue:
                     "try again later"
                 )
             self._waiting.append(job)
+            job.publish(ev.Queued(len(self._waiting)))
             self._cond.notify()
 
-    def cancel(self, job: GenerationJob) -> None:
-        """Cancel ``job``: a waiting job leaves the queue now; a running one stops at its next step."""
+    def cancel(self, job: GenerationJob | str) -> None:
+        """Cancel a job (or id): a waiting job leaves the queue now; a running one stops at its next step."""
+        if isinstance(job, str):
+            job = self.find(job)
         job.cancel_event.set()
         with self._cond:
             if job in self._waiting:
                 self._waiting.remove(job)
                 self._finish(job, CANCELLED, Cancelled("the generation was cancelled while queued"))
+                self._announce_positions()
+
+    def find(self, job_id: str) -> GenerationJob:
+        """The job with ``job_id``: running, waiting or recently finished; else ``JobNotFound``."""
+        with self._cond:
+            for job in (*self._running, *self._waiting, *self._finished):
+                if job.id == job_id:
+                    return job
+        raise JobNotFound(f"generation job {job_id!r} does not exist or was forgotten", param="id")
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """A JSON-ready view of one job, with its queue position while waiting."""
+        job = self.find(job_id)
+        with self._cond:
+            position = self._waiting.index(job) + 1 if job in self._waiting else None
+        return job.status(position)
+
+    def events(self, job_id: str, after: int = 0) -> list[Record]:
+        """The job's event records numbered above ``after``."""
+        return self.find(job_id).log.since(after)
+
+    def result(self, job_id: str) -> list[GeneratedImage]:
+        """The images of a finished job; its error if it failed; ``JobNotFound`` before it ends."""
+        job = self.find(job_id)
+        if not job.future.done():
+            raise JobNotFound(f"generation job {job_id!r} has not finished yet", code="job_not_finished")
+        return job.future.result()
 
     def jobs(self) -> list[dict[str, Any]]:
         """Status of running, waiting and recently finished jobs."""
@@ -178,8 +256,9 @@ class GenerationQueue:
                 if self._stopping:
                     return
                 job = self._waiting.popleft()
-                job.state = RUNNING
+                job.begin()
                 self._running.append(job)
+                self._announce_positions()
             self._run(job)
 
     def _run(self, job: GenerationJob) -> None:
@@ -203,6 +282,7 @@ class GenerationQueue:
                 job.state = DONE
                 self._finished.append(job)
             job.future.set_result(images)
+            job.publish(done_event(images))
 
     def _finish(self, job: GenerationJob, state: str, exc: BaseException) -> None:
         """Mark ``job`` ended with ``exc`` (called under the lock)."""
@@ -210,3 +290,13 @@ class GenerationQueue:
         self._finished.append(job)
         if not job.future.done():
             job.future.set_exception(exc)
+        if state == CANCELLED:
+            code = getattr(exc, "code", None)
+            job.publish(ev.Cancelled(job.error, code))
+        else:
+            job.publish(ev.error_event(exc))
+
+    def _announce_positions(self) -> None:
+        """Tell every waiting job its new place in line (called under the lock)."""
+        for position, job in enumerate(self._waiting, start=1):
+            job.publish(ev.Queued(position))

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from localai_sd.server.middleware import OPEN_PATHS
+from localai_sd.server.routes_jobs import JOBS, JobCreated, JobResult
 from localai_sd.server.schemas import (
     ApplyBody,
     ApplyResponse,
@@ -36,6 +37,7 @@ REASONS = {
     401: "Missing or wrong API key (only when the server has keys)",
     403: "Host not one of the server's names, or a cross-site request (CSRF)",
     404: "No such model, image, job or route",
+    409: "The job has not finished yet",
     413: "Body larger than --upload-limit",
     415: "Content-Type not accepted (JSON; a form type only without Origin)",
     429: "Queue full: retry after Retry-After seconds",
@@ -52,9 +54,13 @@ MODELS: tuple[type[BaseModel], ...] = (
     ModelList,
     MessageResponse,
     Readiness,
+    JobCreated,
+    JobResult,
 )
 NO_CONTENT: dict[str, Any] = {}
 PNG = {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}}
+#: Server-sent events (job events; OpenAI image streaming).
+EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,11 @@ ROUTES: dict[tuple[str, str], RouteDoc] = {
     ("get", "/models/jobs/{job_id}"): RouteDoc(None, (404,)),
     ("get", "/models/available"): RouteDoc(None, (400, 502, 503)),
     ("post", "/models/delete/{name}"): RouteDoc(json_content(MessageResponse), (400, 404, 500)),
+    ("post", JOBS): RouteDoc(json_content(JobCreated), (400, 404, 429, 500)),
+    ("get", JOBS + "/{job_id}"): RouteDoc(None, (404,)),
+    ("get", JOBS + "/{job_id}/events"): RouteDoc(EVENT_STREAM, (400, 404)),
+    ("post", JOBS + "/{job_id}/cancel"): RouteDoc(None, (404,)),
+    ("get", JOBS + "/{job_id}/result"): RouteDoc(json_content(JobResult), (400, 404, 409, 500)),
 }
 
 
