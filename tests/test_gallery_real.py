@@ -15,7 +15,7 @@ import pytest
 import yaml
 from real_assets import shared_dir
 
-from localai_sd.errors import ChecksumMismatch
+from localai_sd.errors import ChecksumMismatch, InvalidRequest
 from localai_sd.gallery.catalog import available_models
 from localai_sd.gallery.download import partial_path
 from localai_sd.gallery.http_fetch import DownloadPolicy
@@ -131,3 +131,44 @@ def test_real_index_id_lookup_reaches_the_same_files(
             "UNetModel-MHA-fp16.bin",
         ]
     )
+
+
+#: Stand-ins for the real index's other definition files (not in ../shared): only their backend matters.
+#: ``virtual.yaml`` is LocalAI's real text: a name and a description, no config at all.
+OTHER_DEFINITIONS = {
+    "whisper-base.yaml": "name: whisper\nconfig_file: |\n  backend: whisper\n",
+    "bert-embeddings.yaml": "name: bert\nconfig_file: |\n  backend: bert-embeddings\n",
+    "lunademo.yaml": "name: lunademo\nconfig_file: |\n  backend: llama\n",
+    "mistral.yaml": "name: mistral\nconfig_file: |\n  backend: llama\n",
+    "virtual.yaml": 'name: "virtual"\ndescription: |\n  A Base model definition\nlicense: "N/A"\n',
+}
+
+
+def test_real_index_lists_only_the_two_image_models_by_default(
+    settings: Settings, server: FakeGallery
+) -> None:
+    base = "/raw/go-skynet/model-gallery/main/"
+    server.add(base + "tinydream.yaml", SD_NCNN / "gallery" / "tinydream.yaml")
+    for name, text in OTHER_DEFINITIONS.items():
+        server.add(base + name, text.encode())
+    everything = available_models(settings, policy=FAST, all_backends=True)
+    index = yaml.safe_load((SD_NCNN / "gallery" / "index.yaml").read_text())
+    assert len(everything) == len(index) > 60
+    assert {e.backend for e in everything} == {
+        "stablediffusion",
+        "tinydream",
+        "whisper",
+        "bert-embeddings",
+        "llama",
+        "",
+    }
+    shown = available_models(settings, policy=FAST)
+    assert [(e.name, e.backend) for e in shown] == [
+        ("stablediffusion", "stablediffusion"),
+        ("tinydream", "tinydream"),
+    ]
+    definitions = [r.path for r in server.requests if r.path.startswith(base) and "index" not in r.path]
+    assert len(definitions) == 2 * (2 + len(OTHER_DEFINITIONS))  # each definition once per listing
+    with pytest.raises(InvalidRequest, match=r"model 'voice-en-us-kathleen-low' has no backend"):
+        install_model(InstallRequest(id="voice-en-us-kathleen-low"), settings, policy=FAST)
+    assert not [r for r in server.requests if "piper" in r.path]

@@ -153,3 +153,73 @@ def test_a_failing_preload_is_reported_and_the_server_still_starts(
     assert any(
         "preloading models failed" in r.message and "missing.yaml" in r.message for r in caplog.records
     )
+
+
+WHISPER = b"""name: whisper-base
+config_file: |
+  backend: whisper
+  parameters:
+    model: ggml-whisper-base.bin
+files:
+  - filename: ggml-whisper-base.bin
+    sha256: "%s"
+    uri: %s/whisper.bin
+"""
+
+
+@pytest.fixture
+def whisper(gallery: FakeGallery) -> FakeGallery:
+    """The gallery with a whisper entry (and its weights file) next to sd-tiny."""
+    weights = b"whisper weights"
+    digest = hashlib.sha256(weights).hexdigest().encode()
+    gallery.add("/whisper.bin", weights)
+    gallery.add("/whisper-base.yaml", WHISPER % (digest, gallery.url.encode()))
+    index = httpx.get(f"{gallery.url}/index.yaml").content
+    gallery.add(
+        "/index.yaml", index + f"- name: whisper-1\n  url: {gallery.url}/whisper-base.yaml\n".encode()
+    )
+    return gallery
+
+
+def test_available_lists_image_models_unless_all(server: str, whisper: FakeGallery) -> None:
+    default = httpx.get(f"{server}/models/available")
+    assert default.status_code == 200, default.text
+    assert [(e["name"], e["backend"]) for e in default.json()] == [("sd-tiny", "stablediffusion")]
+    everything = httpx.get(f"{server}/models/available", params={"all": "true"}).json()
+    assert [(e["name"], e["backend"]) for e in everything] == [
+        ("sd-tiny", "stablediffusion"),
+        ("whisper-1", "whisper"),
+    ]
+
+
+def test_a_non_image_install_is_refused_before_any_download(server: str, whisper: FakeGallery) -> None:
+    # Not listed yet: the job refuses it before fetching a file, naming the backend.
+    applied = httpx.post(f"{server}/models/apply", json={"id": "test@whisper-1"})
+    assert applied.status_code == 200, applied.text
+    error = finished_job(applied.json()["status"])["error"]
+    assert isinstance(error, str) and "backend 'whisper'" in error and "only image models" in error
+    # Once listed (or when the request names the backend), apply answers 400 at once.
+    httpx.get(f"{server}/models/available")
+    for body in (
+        {"id": "test@whisper-1"},
+        {"id": "whisper-1"},
+        {"id": "sd-tiny", "overrides": {"backend": "bert"}},
+    ):
+        refused = httpx.post(f"{server}/models/apply", json=body)
+        assert refused.status_code == 400, (body, refused.text)
+        assert refused.json()["error"]["code"] == "unsupported_backend" and "backend '" in refused.text
+    assert whisper.count("/whisper.bin") == 0
+    assert httpx.get(f"{server}/v1/models").json()["data"] == []
+
+
+def test_a_failed_install_can_be_deleted_over_http(server: str, gallery: FakeGallery, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    gallery.fail("/assets/vocab.txt", 404)
+    applied = httpx.post(f"{server}/models/apply", json={"id": "test@sd-tiny"})
+    assert finished_job(applied.json()["status"])["error"]
+    kept = list((models / "sd-tiny_assets").iterdir())
+    assert kept and not (models / "sd-tiny.yaml").exists()
+    deleted = httpx.post(f"{server}/models/delete/sd-tiny")
+    assert deleted.status_code == 200, deleted.text
+    assert not (models / "sd-tiny_assets").exists()
+    assert httpx.post(f"{server}/models/delete/sd-tiny").status_code == 404
