@@ -105,16 +105,15 @@ def test_setup_follows_the_pipeline_lanes_and_the_backend_params() -> None:
         return memory.setup_for(request, low_memory=low, threads=threads, backend="stablediffusion").lanes
 
     assert (lanes(guided), lanes(guided, threads=1), lanes(guided, low=True), lanes(unguided)) == (2, 1, 1, 1)
-    tinydream = memory.setup_for(guided, low_memory=False, threads=2, backend="tinydream")
-    assert tinydream.shaped == ()
 
 
-def test_mode_1_weights_depend_on_the_shaped_params() -> None:
-    # Measured: 5.55 GB (256 -opt param), 7.26 GB (512 -opt), 9.50 GB (384, rewritten base param).
-    shaped = estimate(512, 512, 1, Setup(lanes=1)).peak
-    unshaped = estimate(512, 512, 1, Setup(lanes=1, shaped=())).peak
-    assert unshaped - shaped == pytest.approx(2.23 * GB * memory.MARGIN, rel=0.01)
-    assert estimate(384, 384, 1, Setup(lanes=1)).peak > shaped
+def test_mode_1_weights_follow_the_winograd_kernel_set() -> None:
+    # Measured with shape-hinted params: 5.55 GB at 256, 5.48 at 384; 7.19 at 448, 7.26 at 512-768.
+    assert memory.unet_weights_for(1, 384, 384) == memory.UNET_WEIGHTS_MODE_1_SMALL
+    assert memory.unet_weights_for(1, 384, 448) == memory.UNET_WEIGHTS_MODE_1
+    assert memory.unet_weights_for(0, 768, 768) == memory.UNET_WEIGHTS_MODE_0
+    small, large = (estimate(s, s, 1, Setup(lanes=1)).peak for s in (384, 448))
+    assert large - small > (memory.UNET_WEIGHTS_MODE_1 - memory.UNET_WEIGHTS_MODE_1_SMALL) * memory.MARGIN
 
 
 MEMINFO = "MemTotal:       24576000 kB\nMemFree:        20000000 kB\nMemAvailable:   22000000 kB\n"

@@ -12,6 +12,8 @@ from typing import Literal
 
 from localai_sd.errors import AssetError, ModelConfigError
 from localai_sd.pipeline import params
+from localai_sd.pipeline.param_check import sd_blob_shapes
+from localai_sd.pipeline.param_hints import add_shape_hints
 
 Backend = Literal["stablediffusion", "tinydream"]
 NetName = Literal["text_encoder", "unet", "vae_decoder", "vae_encoder"]
@@ -174,7 +176,20 @@ class AssetSet:
         if opt is not None:
             return read_text(opt)
         base = self.root / files.base_param
-        return params.rewrite_param(read_text(base), width, height, files.layout, name=base.name)
+        text = params.rewrite_param(read_text(base), width, height, files.layout, name=base.name)
+        return add_shape_hints(text, hint_shapes(net, width, height), name=base.name)
+
+
+#: The text context the hints assume: one 77-token chunk (EdVince's opt params hint the same).
+HINT_CONTEXT_ROWS = 77
+
+
+def hint_shapes(net: str, width: int, height: int) -> dict:
+    """The I/O shapes of ``net`` with unknown extents fixed for shape hints (a one-chunk context)."""
+    return {
+        blob: tuple(HINT_CONTEXT_ROWS if v is None else v for v in shape)
+        for blob, shape in sd_blob_shapes(net, width, height).items()
+    }
 
 
 def read_text(path: Path) -> str:

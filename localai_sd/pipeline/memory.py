@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from localai_sd.errors import InvalidRequest
-from localai_sd.pipeline.assets import OPT_SIZES
 from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.pipeline.tiling import DEFAULT_OVERLAP, VAE_SCALE
 
@@ -78,25 +77,23 @@ DECODER_REFERENCE = NetMemory(weights=0.16 * GB, per_pixel=3_100)
 UNET_ACTIVATIONS = NetMemory(weights=0.0, per_pixel=1683, per_pixel_squared=0.01372)
 #: UNet weights in mode 0 (plain convolution): 3.15 GB at every size.
 UNET_WEIGHTS_MODE_0 = 3.16 * GB
-#: In mode 1 ncnn stores winograd-transformed kernels, chosen from the input shapes the .param declares:
-#: 5.55 GB with the 256x256 -opt param, 7.26 GB with the 512x512 one, and 9.50 GB at sizes whose param is
-#: rewritten from the base one (no shape hints, so every kernel variant is prepared; measured at 384).
-UNET_WEIGHTS_MODE_1 = {(256, 256): 5.56 * GB, (512, 512): 7.27 * GB}
-UNET_WEIGHTS_MODE_1_UNSHAPED = 9.50 * GB
+#: In mode 1 ncnn stores winograd-transformed kernels, chosen from the input shapes the .param declares
+#: (every param carries shape hints: EdVince's -opt ones, or ours written by ``param_hints``). Measured
+#: (benchmarks/results/memory-sizes-hinted*.json): 5.55 GB at 256 and 5.48 GB at 384; 7.19 GB at 448 and
+#: 7.26 GB at 512, 640 and 768. (Without hints every variant is prepared: 9.50 GB at 384.)
+UNET_WEIGHTS_MODE_1_SMALL = 5.56 * GB
+UNET_WEIGHTS_MODE_1 = 7.27 * GB
+#: The largest side measured with the smaller winograd kernel set.
+SMALL_KERNEL_MAX_SIDE = 384
 
 
-def unet_weights_for(mode: int, width: int, height: int, shaped_sizes: tuple[tuple[int, int], ...]) -> float:
-    """Resident UNet weights for this mode and size; ``shaped_sizes`` are the sizes with an -opt param."""
+def unet_weights_for(mode: int, width: int, height: int) -> float:
+    """Resident UNet weights for this mode and size."""
     if mode == 0:
         return UNET_WEIGHTS_MODE_0
-    if (width, height) in shaped_sizes:
-        return UNET_WEIGHTS_MODE_1.get((width, height), UNET_WEIGHTS_MODE_1_UNSHAPED)
-    return UNET_WEIGHTS_MODE_1_UNSHAPED
-
-
-def shaped_sizes(backend: str) -> tuple[tuple[int, int], ...]:
-    """Sizes a backend ships pre-shaped UNet params for (the stablediffusion set: 256 and 512 squares)."""
-    return OPT_SIZES if backend == "stablediffusion" else ()
+    if max(width, height) <= SMALL_KERNEL_MAX_SIDE:
+        return UNET_WEIGHTS_MODE_1_SMALL
+    return UNET_WEIGHTS_MODE_1
 
 
 @dataclass(frozen=True)
@@ -107,8 +104,6 @@ class Setup:
     low_memory: bool = False
     #: UNet activation sets alive at once: 2 when cond and uncond run side by side.
     lanes: int = 2
-    #: Sizes with a pre-shaped -opt UNet param (mode 1 weights depend on it).
-    shaped: tuple[tuple[int, int], ...] = OPT_SIZES
 
 
 @dataclass(frozen=True)
@@ -125,7 +120,7 @@ def setup_for(request: GenerationRequest, *, low_memory: bool, threads: int | No
     """The Setup a StableDiffusion with these settings uses for ``request`` (see ``StableDiffusion.unet``)."""
     cores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     side_by_side = not low_memory and request.cfg_scale != 1.0 and (cores or 1) >= 2
-    return Setup(low_memory=low_memory, lanes=2 if side_by_side else 1, shaped=shaped_sizes(backend))
+    return Setup(low_memory=low_memory, lanes=2 if side_by_side else 1)
 
 
 def decoder_pixels(width: int, height: int, tile: int | None) -> int:
@@ -141,7 +136,7 @@ def estimate(
 ) -> MemoryEstimate:
     """Estimated peak resident bytes of one request, and its phase, for a decode whole or in tiles."""
     pixels = width * height
-    unet_weights = unet_weights_for(mode, width, height, setup.shaped)
+    unet_weights = unet_weights_for(mode, width, height)
     sampling = UNET_ACTIVATIONS.activations(pixels)
     decoder = DECODER_REFERENCE if setup.low_memory else DECODER
     decoding = decoder.activations(decoder_pixels(width, height, decode_tile))
