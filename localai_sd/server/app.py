@@ -21,6 +21,7 @@ from localai_sd.gallery.store import models_root, sweep_partials
 from localai_sd.models import ModelConfig
 from localai_sd.server import routes_images, routes_jobs, routes_models
 from localai_sd.server.csrf import CsrfGuard, HostGuard, declared_multipart_paths
+from localai_sd.server.docs import add_docs_routes
 from localai_sd.server.errors import (
     INVALID_REQUEST,
     SERVER_ERROR,
@@ -212,10 +213,13 @@ def create_app(
         title="localai-sd",
         summary="OpenAI-compatible Stable Diffusion image API (LocalAI-compatible), CPU via ncnn",
         lifespan=make_lifespan(state),
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.server = state
     install_error_handlers(app)
     add_health_routes(app, state)
+    add_docs_routes(app)
     app.include_router(routes_images.build_router())
     app.include_router(routes_jobs.build_router())
     app.include_router(routes_models.build_router())
