@@ -64,7 +64,9 @@ class Settings:
     base_url: str | None = None
     image_ttl_seconds: int = DEFAULT_IMAGE_TTL_SECONDS
     default_model: str = DEFAULT_MODEL
-    default_mode: int = 0
+    #: LocalAI's ``mode`` when a request and its model config give none: 0, a positive integer, or ``auto``
+    #: (fast convolutions when the memory budget allows them at the request's size).
+    default_mode: int | str = "auto"
     default_steps: int = 15
     #: Reload the text encoder per request and decode with plain convolutions, released after use:
     #: about 1.2 GB less peak memory for a slower decode (benchmarks/RESULTS.md).

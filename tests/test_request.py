@@ -72,8 +72,10 @@ def test_missing_seed_is_random_and_reported() -> None:
     [
         ("steps", 0, "at least 1"),
         ("steps", -3, "at least 1"),
-        ("mode", 2, "0 .low memory. or 1"),
-        ("seed", -1, "from 0 to 4294967295"),
+        ("mode", -1, "0 .plain convolutions"),
+        ("mode", True, "a positive integer"),
+        ("mode", "fast", "auto"),
+        ("seed", -2, "from 0 to 4294967295"),
         ("seed", 2**32, "from 0 to 4294967295"),
         ("sampler", "euler_b", "unknown"),
         ("schedule", "linear", "unknown"),

@@ -1,4 +1,9 @@
-"""Pixels out of the decoder, PNG bytes with an A1111 ``parameters`` text chunk, and safe file writes."""
+"""Pixels out of the decoder, PNG/JPEG/WebP bytes carrying the A1111 ``parameters`` text, and safe file writes.
+
+The ``parameters`` text goes where A1111 puts it: a PNG ``tEXt`` chunk, and for JPEG and WebP the EXIF
+``UserComment`` (tag 0x9286 of the Exif IFD), written as piexif's ``UserComment.dump(encoding="unicode")``
+writes it: the 8-byte ``UNICODE\0`` prefix, then UTF-16 big-endian text.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from localai_sd.errors import OutputError
+from localai_sd.errors import InvalidRequest, OutputError
 from localai_sd.fileio import write_atomic
 
 #: The PNG tEXt key AUTOMATIC1111 reads back for "PNG Info".
 PNG_PARAMETERS_KEY = "parameters"
+#: OpenAI's ``output_format`` values -> Pillow format, media type and file extension.
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+#: File extensions the CLI's ``--output`` maps to a format.
+EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+#: OpenAI's default ``output_compression``; for JPEG and WebP it is the encoder's quality (100 = best).
+DEFAULT_COMPRESSION = 100
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+UNICODE_PREFIX = b"UNICODE\x00"
 
 
 def decoder_to_pixels(decoded: np.ndarray) -> np.ndarray:
@@ -89,6 +105,92 @@ def read_png_parameters(data: bytes) -> str | None:
     """Read the A1111 ``parameters`` text back from PNG bytes (None when absent)."""
     with Image.open(io.BytesIO(data)) as image:
         return image.info.get(PNG_PARAMETERS_KEY)
+
+
+def check_output_format(value: object) -> str:
+    """``png``, ``jpeg`` or ``webp`` (None is png); InvalidRequest naming ``output_format`` otherwise."""
+    if value is None:
+        return "png"
+    if value not in OUTPUT_FORMATS:
+        raise InvalidRequest(
+            f"output_format {value!r} is not supported: use one of {', '.join(OUTPUT_FORMATS)}",
+            param="output_format",
+        )
+    return value  # type: ignore[return-value]
+
+
+def check_output_compression(value: object) -> int:
+    """An integer from 0 to 100 (None is 100); InvalidRequest naming ``output_compression`` otherwise."""
+    if value is None:
+        return DEFAULT_COMPRESSION
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise InvalidRequest(
+            f"output_compression {value!r} must be an integer from 0 to 100", param="output_compression"
+        )
+    return value
+
+
+def format_for_path(path: Path) -> str:
+    """The output format a file name asks for: .jpg/.jpeg, .webp, else png."""
+    return EXTENSION_FORMATS.get(path.suffix.lower(), "png")
+
+
+def user_comment(text: str) -> bytes:
+    """EXIF UserComment bytes as piexif's ``UserComment.dump(text, encoding="unicode")``."""
+    return UNICODE_PREFIX + text.encode("utf-16-be")
+
+
+def encode_image(
+    pixels: np.ndarray, parameters: str, output_format: str = "png", compression: int = DEFAULT_COMPRESSION
+) -> bytes:
+    """(H, W, 3) uint8 pixels as ``output_format`` bytes carrying ``parameters`` (PNG text or EXIF)."""
+    if output_format == "png":
+        return encode_png(pixels, parameters)
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = user_comment(parameters)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(
+        buffer, format=OUTPUT_FORMATS[output_format], quality=compression, exif=exif.tobytes()
+    )
+    return buffer.getvalue()
+
+
+def read_parameters(data: bytes) -> str | None:
+    """The ``parameters`` text of PNG, JPEG or WebP bytes this module wrote (None when absent)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "PNG":
+            return image.info.get(PNG_PARAMETERS_KEY)
+        comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if not isinstance(comment, bytes) or not comment.startswith(UNICODE_PREFIX):
+        return None
+    return comment[len(UNICODE_PREFIX) :].decode("utf-16-be")
+
+
+def add_infotext(parameters: str, extras: Mapping[str, object]) -> str:
+    """``parameters`` with ``extras`` appended to its ``Key: value`` line (keys already there are kept)."""
+    head, _, last = parameters.rpartition("\n")
+    present = {pair.split(": ", 1)[0] for pair in last.split(", ")}
+    added = [f"{key}: {_quote(str(value))}" for key, value in extras.items() if key not in present]
+    if not added:
+        return parameters
+    last = ", ".join([last, *added])
+    return f"{head}\n{last}" if head else last
+
+
+def render(
+    png: bytes,
+    output_format: str = "png",
+    compression: int = DEFAULT_COMPRESSION,
+    extras: Mapping[str, object] | None = None,
+) -> bytes:
+    """The pipeline's PNG in ``output_format``, with ``extras`` added to its parameters (as is when none apply)."""
+    parameters = read_png_parameters(png) or ""
+    updated = add_infotext(parameters, extras or {})
+    if output_format == "png" and updated == parameters:
+        return png
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return encode_image(pixels, updated, output_format, compression)
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:

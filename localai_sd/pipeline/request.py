@@ -23,6 +23,27 @@ DEFAULT_STEPS = 15
 DEFAULT_CFG_SCALE = 7.5
 DEFAULT_SAMPLER = "euler_a"
 DEFAULT_SCHEDULE = "default"
+DEFAULT_SIZE = "512x512"
+#: ``auto``: fast convolutions when the memory budget allows them at the request's size, else plain.
+AUTO = "auto"
+DEFAULT_MODE = AUTO
+#: A1111, sd.cpp and LocalAI spell "a random seed" as -1.
+RANDOM_SEED = -1
+#: The global defaults of every request field, in one table (a model config's values come before these,
+#: a request's own values before both: ``localai_sd/intake.py``).
+DEFAULTS: dict[str, object] = {
+    "size": DEFAULT_SIZE,
+    "step": DEFAULT_STEPS,
+    "mode": DEFAULT_MODE,
+    "sampler": DEFAULT_SAMPLER,
+    "schedule": DEFAULT_SCHEDULE,
+    "cfg_scale": DEFAULT_CFG_SCALE,
+    "n": 1,
+    "guidance_interval": None,
+    "s_min_uncond": 0.0,
+    "s_min_uncond_all": False,
+    "deepcache_interval": 1,
+}
 #: Characters of prompt and negative prompt together (the server's and the CLI's default).
 MAX_PROMPT_CHARS = 4000
 #: n x steps of one request.
@@ -182,6 +203,46 @@ def check_deepcache_interval(value: object) -> int:
     return value
 
 
+def parse_mode(value: object) -> bool | None:
+    """LocalAI's ``mode``, once: True (fast convolutions) for any positive integer, False for 0, None for
+    ``auto`` (decided by the memory budget). Integer strings (CLI, form fields) count as integers."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return None
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value > 0
+    raise InvalidRequest(
+        f"mode {value!r} must be 0 (plain convolutions, least memory), a positive integer (fast "
+        f"winograd/sgemm convolutions; LocalAI's docs use 2) or {AUTO!r} (fast when the memory budget allows)",
+        param="mode",
+    )
+
+
+def parse_seed(value: object) -> int | None:
+    """The seed, or None for a random one (omitted, or -1 as A1111, sd.cpp and LocalAI spell it)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value == RANDOM_SEED):
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise InvalidRequest(
+            f"seed {value!r} must be an integer from 0 to {MAX_SEED}, or -1 (random)", param="seed"
+        )
+    return value
+
+
+def parse_sampler(sampler: object, schedule: object) -> tuple[str, str]:
+    """(sampler, schedule) from our names or A1111's/sd.cpp's; a name with a schedule ("DPM++ 2M Karras")
+    sets both unless ``schedule`` is given."""
+    from localai_sd.pipeline.sampler_names import resolve_sampler, resolve_schedule
+
+    choice = resolve_sampler(DEFAULT_SAMPLER if sampler is None else sampler)  # type: ignore[arg-type]
+    if schedule is not None:
+        return choice.sampler, resolve_schedule(schedule)  # type: ignore[arg-type]
+    return choice.sampler, choice.schedule or DEFAULT_SCHEDULE
+
+
 def random_seed() -> int:
     """A fresh random seed in [0, 2**32 - 1]."""
     return secrets.randbelow(MAX_SEED + 1)
@@ -196,7 +257,8 @@ class GenerationRequest:
     width: int
     height: int
     steps: int
-    mode: int
+    #: Fast convolutions (winograd + sgemm: LocalAI's positive ``mode``), or plain ones (mode 0).
+    fast: bool
     seed: int
     #: True when the seed was drawn at random (so the caller can report it).
     seed_was_random: bool
@@ -213,6 +275,18 @@ class GenerationRequest:
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
     deepcache_interval: int = 1
+    #: True when ``mode`` was ``auto``: ``fast`` is then the memory admission's choice (plain before it).
+    mode_auto: bool = False
+
+    @property
+    def mode(self) -> int:
+        """The ncnn-facing mode: 1 for fast convolutions, 0 for plain ones."""
+        return 1 if self.fast else 0
+
+    @property
+    def mode_label(self) -> str:
+        """The mode as the PNG parameters and the CLI show it: ``1``, ``0``, ``1 (auto)``, ``0 (auto)``."""
+        return f"{self.mode} (auto)" if self.mode_auto else str(self.mode)
 
     @property
     def seeds(self) -> list[int]:
@@ -234,7 +308,7 @@ class GenerationRequest:
         width: int | None = None,
         height: int | None = None,
         steps: int | None = None,
-        mode: int | None = None,
+        mode: int | str | None = None,
         seed: int | None = None,
         sampler: str | None = None,
         schedule: str | None = None,
@@ -249,10 +323,10 @@ class GenerationRequest:
         """Validate raw values into a request; ``|`` in the prompt splits off the negative prompt.
 
         Every check runs here, before any work: the text (UTF-8 encodable, prompt and negative prompt within
-        ``limits.max_prompt_chars`` together), each field's rule, then ``check_limits``.
+        ``limits.max_prompt_chars`` together), each field's rule, then ``check_limits``. LocalAI's ``mode``
+        rule (``parse_mode``), seed -1 (random) and A1111/sd.cpp sampler names are resolved here too; a
+        ``mode`` of ``auto`` (the default) is plain until memory admission (``localai_sd/intake.py``) picks.
         """
-        from localai_sd.pipeline.samplers import SAMPLERS, SCHEDULES
-
         limits = Limits() if limits is None else limits
         check_text(prompt, "prompt")
         if negative_prompt is not None:
@@ -265,33 +339,17 @@ class GenerationRequest:
         if size is not None:
             width, height = parse_size(size, max_side=max_side)
         else:
-            width, height = width or 512, height or 512
+            default_width, default_height = parse_size(DEFAULT_SIZE)
+            width, height = width or default_width, height or default_height
             parse_size(f"{width}x{height}", max_side=max_side)
         steps = DEFAULT_STEPS if steps is None else steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise InvalidRequest(f"step {steps!r} must be an integer of at least 1", param="step")
-        mode = 0 if mode is None else mode
-        if mode not in (0, 1) or isinstance(mode, bool):
-            raise InvalidRequest(
-                f"mode {mode!r} must be 0 (low memory) or 1 (winograd/sgemm, faster)", param="mode"
-            )
-        seed_was_random = seed is None
-        if seed is None:
-            seed = random_seed()
-        elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-            raise InvalidRequest(f"seed {seed!r} must be an integer from 0 to {MAX_SEED}", param="seed")
-        sampler = DEFAULT_SAMPLER if sampler is None else sampler
-        if sampler not in SAMPLERS:
-            raise InvalidRequest(
-                f"sampler {sampler!r} is unknown; choose one of {', '.join(sorted(SAMPLERS))}",
-                param="sampler",
-            )
-        schedule = DEFAULT_SCHEDULE if schedule is None else schedule
-        if schedule not in SCHEDULES:
-            raise InvalidRequest(
-                f"schedule {schedule!r} is unknown; choose one of {', '.join(sorted(SCHEDULES))}",
-                param="schedule",
-            )
+        fast = parse_mode(DEFAULT_MODE if mode is None else mode)
+        chosen_seed = parse_seed(seed)
+        seed_was_random = chosen_seed is None
+        seed = random_seed() if chosen_seed is None else chosen_seed
+        sampler, schedule = parse_sampler(sampler, schedule)
         cfg_scale = DEFAULT_CFG_SCALE if cfg_scale is None else cfg_scale
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, int | float) or not 0 <= cfg_scale <= 30:
             raise InvalidRequest(f"cfg_scale {cfg_scale!r} must be a number from 0 to 30", param="cfg_scale")
@@ -304,7 +362,8 @@ class GenerationRequest:
             width=width,
             height=height,
             steps=steps,
-            mode=mode,
+            fast=bool(fast),
+            mode_auto=fast is None,
             seed=seed,
             seed_was_random=seed_was_random,
             sampler=sampler,

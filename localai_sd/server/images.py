@@ -1,7 +1,8 @@
 """The URL-mode image store: unguessable signed names, a TTL, and serving only files this store wrote.
 
 A name is 16 random bytes and their HMAC-SHA256 (first 16 bytes) under a key kept in the image
-dir, URL-safe base64: 43 characters. At start the store adopts only files whose names carry a
+dir, URL-safe base64: 43 characters, then the image's extension (``.png``, ``.jpg`` or ``.webp``; only the
+43-character stem is signed, and the extension must be one of these). At start the store adopts only files whose names carry a
 valid signature, so a file placed in the directory by anything else (a hostile install, another
 program) is never served, even after a restart.
 """
@@ -26,9 +27,12 @@ from localai_sd.errors import OutputError
 NONCE_BYTES = 16
 TAG_BYTES = 16
 IMAGE_SUFFIX = ".png"
+#: Extension -> media type of the images this store writes (OpenAI ``output_format`` png, jpeg, webp).
+SUFFIX_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}
+STEM_CHARS = 43
 PARTIAL_SUFFIX = ".partial"
 #: The only names this store writes (and so the only ones it serves).
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{43}\.png$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{43}\.(png|jpg|webp)$")
 #: The store's signing key, a hidden file in the image dir (never a servable name).
 KEY_FILE = ".image-store.key"
 KEY_BYTES = 32
@@ -39,10 +43,12 @@ def signature(key: bytes, nonce: bytes) -> bytes:
     return hmac.new(key, nonce, hashlib.sha256).digest()[:TAG_BYTES]
 
 
-def new_image_name(key: bytes) -> str:
-    """A fresh unguessable name signed with ``key``: base64url(nonce + tag) plus ``.png``."""
+def new_image_name(key: bytes, suffix: str = IMAGE_SUFFIX) -> str:
+    """A fresh unguessable name signed with ``key``: base64url(nonce + tag) plus ``suffix`` (``.png``)."""
+    if suffix not in SUFFIX_TYPES:
+        raise ValueError(f"image suffix {suffix!r} is not one of {', '.join(SUFFIX_TYPES)}")
     nonce = secrets.token_bytes(NONCE_BYTES)
-    return base64.urlsafe_b64encode(nonce + signature(key, nonce)).decode().rstrip("=") + IMAGE_SUFFIX
+    return base64.urlsafe_b64encode(nonce + signature(key, nonce)).decode().rstrip("=") + suffix
 
 
 def is_signed(name: str, key: bytes) -> bool:
@@ -50,7 +56,7 @@ def is_signed(name: str, key: bytes) -> bool:
     if not NAME_RE.match(name):
         return False
     try:
-        raw = base64.urlsafe_b64decode(name[: -len(IMAGE_SUFFIX)] + "=")
+        raw = base64.urlsafe_b64decode(name[:STEM_CHARS] + "=")
     except (binascii.Error, ValueError):
         return False
     nonce, tag = raw[:NONCE_BYTES], raw[NONCE_BYTES:]
@@ -115,14 +121,14 @@ class ImageStore:
                 else:
                     path.unlink(missing_ok=True)
 
-    def save(self, png: bytes) -> str:
-        """Write ``png`` under a new name (exclusive create, then rename) and return the name."""
-        name = new_image_name(self.key())
+    def save(self, data: bytes, suffix: str = IMAGE_SUFFIX) -> str:
+        """Write image bytes under a new name ending in ``suffix`` (exclusive create, then rename); return it."""
+        name = new_image_name(self.key(), suffix)
         final = self.directory / name
         partial = self.directory / (name + PARTIAL_SUFFIX)
         try:
             with open(partial, "xb") as handle:
-                handle.write(png)
+                handle.write(data)
             os.replace(partial, final)
         except OSError as exc:
             partial.unlink(missing_ok=True)
@@ -154,6 +160,11 @@ class ImageStore:
         for name in expired:
             (self.directory / name).unlink(missing_ok=True)
         return len(expired)
+
+    @staticmethod
+    def media_type(name: str) -> str:
+        """The media type of a stored image's name (by its extension)."""
+        return SUFFIX_TYPES.get(name[STEM_CHARS:], "application/octet-stream")
 
     def __len__(self) -> int:
         """How many images are live."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 from starlette.requests import Request
 
 from localai_sd.server.errors import ApiError, validation_error
@@ -20,6 +20,8 @@ RESPONSE_FORMATS = ("url", "b64_json")
 MAX_JSON_DEPTH = 32
 #: Longest ``size`` text; ``WIDTHxHEIGHT`` needs at most 11 characters.
 MAX_SIZE_CHARS = 32
+#: The ``size`` values OpenAI's ``ImagesResponse`` schema allows; any other size is left out of a response.
+RESPONSE_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 
 
 class ResponseFormatObject(BaseModel):
@@ -30,12 +32,22 @@ class ResponseFormatObject(BaseModel):
     type: str | None = None
 
 
-class ImageGenerationBody(BaseModel):
-    """``POST /v1/images/generations``: OpenAI's fields plus LocalAI's extensions."""
+def _split_pair(value: object) -> object:
+    """A form's ``guidance_interval`` as ``lo,hi`` text -> [lo, hi] (JSON sends the list itself)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",")]
+    return value
+
+
+class ExtensionFields(BaseModel):
+    """OpenAI's image fields and LocalAI's/our extensions shared by generations, edits and variations.
+
+    Raw values go to ``localai_sd.intake`` unchanged (request > model config > global default): ``mode`` is
+    0, a positive integer or ``auto``; ``seed`` -1 is random; ``sampler`` takes A1111/sd.cpp names too.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str
     negative_prompt: str | None = None
     n: int | None = None
     size: str | None = None
@@ -44,15 +56,28 @@ class ImageGenerationBody(BaseModel):
     #: LocalAI's name is ``step``; ``steps`` is accepted too.
     step: int | None = None
     steps: int | None = None
-    mode: int | None = None
+    mode: StrictInt | StrictStr | None = None
     seed: int | None = None
     sampler: str | None = None
     schedule: str | None = None
     cfg_scale: float | None = None
+    #: Fewer UNet evaluations (issue 13): guidance only for lo < sigma <= hi; A1111's s_min_uncond; DeepCache.
+    guidance_interval: list[float] | None = None
+    s_min_uncond: float | None = None
+    s_min_uncond_all: bool | None = None
+    deepcache_interval: int | None = None
+    #: OpenAI's output encoding: png, jpeg or webp, and the JPEG/WebP quality 0-100 (default 100).
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    #: OpenAI streaming (``stream: true``), routed to ``routes_images.stream_hook``.
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
     #: Accepted and ignored, as LocalAI does.
     user: Any = None
     quality: Any = None
     style: Any = None
+    background: Any = None
+    moderation: Any = None
 
     @field_validator("size")
     @classmethod
@@ -61,6 +86,12 @@ class ImageGenerationBody(BaseModel):
         if value is not None and len(value) > MAX_SIZE_CHARS:
             raise ValueError(f"must be WIDTHxHEIGHT such as 512x512, at most {MAX_SIZE_CHARS} characters")
         return value
+
+    @field_validator("guidance_interval", mode="before")
+    @classmethod
+    def _pair_text(cls, value: object) -> object:
+        """Accept ``lo,hi`` text (form fields, query-like clients) as well as a JSON list."""
+        return _split_pair(value)
 
     @field_validator("response_format")
     @classmethod
@@ -80,6 +111,29 @@ class ImageGenerationBody(BaseModel):
         return self.step if self.step is not None else self.steps
 
 
+class ImageGenerationBody(ExtensionFields):
+    """``POST /v1/images/generations``: OpenAI's fields plus LocalAI's extensions.
+
+    LocalAI's ``file`` (base64 or a ``data:`` URL, never a URL to fetch) makes it img2img at ``strength``.
+    """
+
+    prompt: str
+    file: str | None = None
+    strength: float | None = None
+
+
+class ImageEditFields(ExtensionFields):
+    """The text fields of ``POST /v1/images/edits`` and ``/v1/images/variations`` (multipart form)."""
+
+    prompt: str | None = None
+    strength: float | None = None
+    mask_blur: float | None = None
+    inpaint_only_masked: bool | None = None
+    padding: int | None = None
+    mask_invert: bool | None = None
+    input_fidelity: Any = None
+
+
 class ImageData(BaseModel):
     """One image of an ``ImagesResponse``; ``seed`` is our extension field."""
 
@@ -90,12 +144,13 @@ class ImageData(BaseModel):
 
 
 class ImagesResponse(BaseModel):
-    """OpenAI's ``ImagesResponse`` plus LocalAI's ``id``."""
+    """OpenAI's ``ImagesResponse`` plus LocalAI's ``id``; ``size`` only when it is one of the spec's values."""
 
     created: int
     id: str
     data: list[ImageData]
-    size: str
+    size: Literal["1024x1024", "1024x1536", "1536x1024"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
 
 
 class ErrorObject(BaseModel):
@@ -224,6 +279,14 @@ async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
         raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}")
     if problem := json_problem(data):
         raise problem
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False)) from None
+
+
+def validate_fields(model: type[BodyT], data: dict[str, Any]) -> BodyT:
+    """Validate a dict (form fields) into ``model``; a 400 naming the first bad field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

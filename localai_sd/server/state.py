@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
+from localai_sd import intake
 from localai_sd.errors import InvalidRequest
 from localai_sd.models import ModelConfig, load_config
 from localai_sd.pipeline import memory
+from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.img2img import EditSpec, prepare_edit
 from localai_sd.pipeline.pipeline import GeneratedImage
-from localai_sd.pipeline.request import GenerationRequest, Limits, check_limits
+from localai_sd.pipeline.request import GenerationRequest, Limits
 from localai_sd.server.gallery_ops import GalleryOps
 from localai_sd.server.images import ImageStore
 from localai_sd.server.jobs import GenerationJob, GenerationQueue, InstallJobs
 from localai_sd.server.models_cache import ModelCache
-from localai_sd.server.schemas import ImageGenerationBody
+from localai_sd.server.schemas import ExtensionFields
 from localai_sd.settings import Settings
 
-#: LocalAI's default size for this endpoint (OpenAI's 1024x1024 crashed its NCNN backend).
-DEFAULT_SIZE = "512x512"
+
+@dataclass
+class EditJob(GenerationJob):
+    """A queued img2img/inpainting job: a generation job with the edit to apply."""
+
+    edit: EditSpec | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to queue: the admitted request, its model, its edit (if any) and notes for the client."""
+
+    request: GenerationRequest
+    config: ModelConfig
+    edit: EditSpec | None = None
+    warnings: tuple[str, ...] = ()
+
+    def job(self) -> GenerationJob:
+        """The queue job for this request."""
+        if self.edit is None:
+            return GenerationJob(self.config, self.request)
+        return EditJob(self.config, self.request, edit=self.edit)
 
 
 @dataclass
@@ -32,7 +55,7 @@ class ServerState:
     queue: GenerationQueue = field(init=False)
     ready: bool = False
     #: Peak memory a request may need, in bytes: the setting, or derived from the machine's RAM here, at
-    #: startup (None when neither is known: no memory check).
+    #: startup (None when neither is known: no memory check, and ``mode: auto`` is fast).
     memory_budget: int | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -44,49 +67,65 @@ class ServerState:
 
     def run_job(self, job: GenerationJob) -> list[GeneratedImage]:
         """Worker-thread body: lease the warm pipeline and generate, reporting steps and polling cancel."""
+        edit = job.edit if isinstance(job, EditJob) else None
         with self.models.lease(job.config) as pipeline:
-            return pipeline.generate(job.request, on_step=job.on_step, should_cancel=job.cancelled)
+            if edit is None:
+                return pipeline.generate(job.request, on_step=job.on_step, should_cancel=job.cancelled)
+            # models_cache.Pipeline does not declare ``edit`` yet; StableDiffusion.generate takes it.
+            return pipeline.generate(  # type: ignore[call-arg]
+                job.request, on_step=job.on_step, should_cancel=job.cancelled, edit=edit
+            )
 
-    def prepare(self, body: ImageGenerationBody) -> tuple[GenerationRequest, ModelConfig]:
-        """Validate the body into a request (400s), find the model (404), then admit it by memory (400)."""
+    def prepare(self, body: ExtensionFields) -> tuple[GenerationRequest, ModelConfig]:
+        """A JSON body's txt2img request and its model (see ``prepare_request``)."""
+        prepared = self.prepare_request(raw_request(body), body.model)
+        return prepared.request, prepared.config
+
+    def prepare_request(
+        self, raw: intake.RawRequest, model: str | None, edit: EditSpec | None = None
+    ) -> Prepared:
+        """Find the model (404), build the request through the intake (400s), check the edit against the
+        request's size (400s: e.g. a mask selecting nothing), then admit it by memory (400)."""
         settings = self.settings
-        limits = Limits.from_settings(settings)
-        asked_steps = body.step_count()
-        request = GenerationRequest.create(
-            body.prompt,
-            negative_prompt=body.negative_prompt,
-            size=body.size or DEFAULT_SIZE,
-            steps=asked_steps if asked_steps is not None else settings.default_steps,
-            mode=self.mode(body.mode),
-            seed=body.seed,
-            sampler=body.sampler,
-            schedule=body.schedule,
-            cfg_scale=body.cfg_scale,
-            n=body.n,
-            limits=limits,
+        config = load_config(settings.models_path, model or settings.default_model)
+        image_size = None if edit is None else edit.image.size
+        request = intake.build_request(
+            raw,
+            config=config,
+            limits=Limits.from_settings(settings),
+            default_mode=settings.default_mode,
+            image_size=image_size,
         )
-        config = load_config(settings.models_path, body.model or settings.default_model)
-        if asked_steps is None and config.step is not None:
-            request = replace(request, steps=config.step)
-            check_limits(request, limits)
-        return self.admit(request, config), config
+        warnings: tuple[str, ...] = ()
+        if edit is not None:
+            check_can_edit(config)
+            warnings = prepare_edit(edit, request.width, request.height).warnings
+        return Prepared(self.admit(request, config), config, edit, warnings)
 
     def admit(self, request: GenerationRequest, config: ModelConfig) -> GenerationRequest:
-        """The request with its decoder tiling, if its estimated peak memory fits the budget (else 400)."""
-        if self.memory_budget is None:
-            return request
+        """Resolve ``mode: auto`` and set the decoder tiling if the estimated peak fits the budget (else 400)."""
         settings = self.settings
-        setup = memory.setup_for(
-            request, low_memory=settings.low_memory, threads=settings.threads, backend=config.backend
+        return intake.admit_for(
+            request,
+            self.memory_budget,
+            low_memory=settings.low_memory,
+            threads=settings.threads,
+            backend=config.backend,
         )
-        return memory.admit(request, self.memory_budget, setup)
 
-    def mode(self, mode: int | None) -> int:
-        """LocalAI's ``mode``: 0 is plain convolution, any other integer winograd+sgemm (its docs use 2)."""
-        if mode is None:
-            return self.settings.default_mode
-        if mode < 0:
-            raise InvalidRequest(
-                f"mode {mode} must be 0 (low memory) or a positive integer (faster)", param="mode"
-            )
-        return 1 if mode else 0
+
+def raw_request(body: ExtensionFields, prompt: str | None = None) -> intake.RawRequest:
+    """The intake's raw values of a body or form (``prompt`` overrides the body's; ``step`` or ``steps``)."""
+    text = prompt if prompt is not None else getattr(body, "prompt", None) or ""
+    return intake.raw_from(body, text, step=body.step_count())
+
+
+def check_can_edit(config: ModelConfig) -> None:
+    """InvalidRequest (param ``model``) unless the model ships the VAE encoder edits need."""
+    if not AssetSet.from_dir(config.asset_dir, config.backend).has_encoder:
+        raise InvalidRequest(
+            f"model {config.name!r} cannot edit images: its assets have no VAE encoder "
+            "(AutoencoderKL-encoder-512-512-fp16.param/.bin)",
+            param="model",
+            code="model_cannot_edit",
+        )
