@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.netset import load_decoder, load_unet
 
 CONTENDERS = ("unet-mode0", "unet-mode1", "decoder-reference", "decoder-winograd")
 
@@ -30,13 +30,13 @@ def run_child(kind: str, assets_dir: Path, size: int, threads: int, repeat: int,
     latent = rng.standard_normal((4, size // 8, size // 8)).astype(np.float32)
     start = time.perf_counter()
     if kind.startswith("unet"):
-        model = nets.UNet.load(assets, size, size, mode=int(kind[-1]), threads=threads)
+        model = load_unet(assets, size, size, mode=int(kind[-1]), threads=threads)
         cond = rng.standard_normal((77, 768)).astype(np.float32)
 
         def call() -> np.ndarray:
             return model(latent, 500.0, cond, 0.5, -1.0)
     else:
-        model = nets.VAEDecoder.load(
+        model = load_decoder(
             assets, size, size, threads=threads, reference_options=kind == "decoder-reference"
         )
 

@@ -53,6 +53,7 @@ def worker(asset_dir: str, net_name: str, size: int, mode: int, variant: str, ru
 
     from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.testing.synthetic import SyntheticWeights
 
     overrides, _ = VARIANTS[variant]
     assets = AssetSet.from_dir(asset_dir)
@@ -62,7 +63,7 @@ def worker(asset_dir: str, net_name: str, size: int, mode: int, variant: str, ru
     lanes = 2 if variant == "side-by-side" and net_name == "unet" else 1
     options = dataclasses.replace(options, threads=max(1, options.threads // lanes))
     text = assets.param_text(net_name, size, size)
-    net = nets.load_net(text, net_name, nets.SyntheticWeights(), options)
+    net = nets.load_net(text, net_name, SyntheticWeights(), options)
     cls = nets.UNet if net_name == "unet" else nets.VAEDecoder
     model = cls(net, net_name, options)
     model.width = model.height = size

@@ -35,9 +35,9 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
 
-    from localai_sd.pipeline import nets
     from localai_sd.pipeline.pipeline import StableDiffusion
     from localai_sd.pipeline.request import GenerationRequest
+    from localai_sd.testing.synthetic import SyntheticWeights
 
     def stage(name: str, t0: float) -> None:
         rss, hwm = memory_gb()
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     stage("python + imports", t0)
     sd = StableDiffusion.from_dir(
-        args.assets.resolve(), synthetic=nets.SyntheticWeights(), low_memory=args.low_memory
+        args.assets.resolve(), synthetic=SyntheticWeights(), low_memory=args.low_memory
     )
     stage("text encoder loaded", t0)
     if not args.low_memory:  # the low-memory setting loads each net inside the request

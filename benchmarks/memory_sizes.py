@@ -37,34 +37,35 @@ def measure_one(assets: Path, net: str, size: int, mode: int, threads: int | Non
     """Load one net at size x size, run it once, return its memory figures (runs in the child)."""
     import numpy as np
 
-    from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.pipeline.netset import load_decoder, load_text_encoder, load_unet
+    from localai_sd.testing.synthetic import SyntheticWeights
 
     asset_set = AssetSet.from_dir(assets.resolve())
-    synthetic = nets.SyntheticWeights()
+    synthetic = SyntheticWeights()
     start = memory_bytes()["VmRSS"]
     t0 = time.perf_counter()
     latent = np.random.default_rng(0).standard_normal((4, size // 8, size // 8)).astype(np.float32)
     if net == "unet":
-        model = nets.UNet.load(asset_set, size, size, mode=mode, threads=threads, synthetic=synthetic)
+        model = load_unet(asset_set, size, size, mode=mode, threads=threads, weights=synthetic)
         loaded, loaded_peak = memory_bytes()["VmRSS"], memory_bytes()["VmHWM"]
         cond = np.zeros((77, 768), dtype=np.float32)
         t1 = time.perf_counter()
         model(latent, 500.0, cond, 0.1, -1.0)
     elif net in ("decoder", "decoder-reference"):
-        model = nets.VAEDecoder.load(
+        model = load_decoder(
             asset_set,
             size,
             size,
             threads=threads,
-            synthetic=synthetic,
+            weights=synthetic,
             reference_options=net == "decoder-reference",
         )
         loaded, loaded_peak = memory_bytes()["VmRSS"], memory_bytes()["VmHWM"]
         t1 = time.perf_counter()
         model(latent)
     elif net == "text_encoder":
-        model = nets.TextEncoder.load(asset_set, threads=threads, synthetic=synthetic)
+        model = load_text_encoder(asset_set, threads=threads, weights=synthetic)
         loaded, loaded_peak = memory_bytes()["VmRSS"], memory_bytes()["VmHWM"]
         t1 = time.perf_counter()
         model(np.zeros(77, dtype=np.int32), np.ones(77, dtype=np.float32))

@@ -72,14 +72,13 @@ def available(engine: str) -> str | None:
 
 def ncnn_runner(asset_dir: str, size: int, threads: int) -> Callable[[], object]:
     """Our UNet step (mode 1, synthetic weights of the real layout): cond and uncond as the pipeline runs them."""
-    from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.pipeline.netset import load_unet
+    from localai_sd.testing.synthetic import SyntheticWeights
 
     assets = AssetSet.from_dir(asset_dir)
-    weights = nets.SyntheticWeights()
-    unet = nets.UNet.load(
-        assets, size, size, mode=1, threads=threads, synthetic=weights, concurrent_pairs=True
-    )
+    weights = SyntheticWeights()
+    unet = load_unet(assets, size, size, mode=1, threads=threads, weights=weights, concurrent_pairs=True)
     rng = np.random.default_rng(0)
     latent = rng.standard_normal((4, size // 8, size // 8), dtype=np.float32)
     cond = rng.standard_normal((77, 768), dtype=np.float32) * 0.1

@@ -86,11 +86,11 @@ class TrialResult:
         return max(0.0, 1.0 - self.ncnn_s / busy) if busy > 0 else 0.0
 
 
-def _synthetic(target: Target):  # -> nets.SyntheticWeights | None
+def _synthetic(target: Target):  # -> SyntheticWeights | None
     """Synthetic weights for a target that asks for them."""
-    from localai_sd.pipeline import nets
+    from localai_sd.testing.synthetic import SyntheticWeights
 
-    return nets.SyntheticWeights() if target.synthetic else None
+    return SyntheticWeights() if target.synthetic else None
 
 
 def _peak_rss_gb() -> float:
@@ -134,7 +134,8 @@ def run_localai(target: Target, spec: TrialSpec, progress: Progress = _no_progre
 
     from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
-    from localai_sd.pipeline.denoiser import CompVisDenoiser, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+    from localai_sd.pipeline.denoiser import DiscreteSchedule, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+    from localai_sd.pipeline.netset import load_decoder, load_encoder, load_text_encoder, load_unet
     from localai_sd.pipeline.output import decoder_to_pixels, encode_png
     from localai_sd.pipeline.prompt import build_chunks
     from localai_sd.pipeline.request import split_negative
@@ -147,14 +148,14 @@ def run_localai(target: Target, spec: TrialSpec, progress: Progress = _no_progre
     assets = AssetSet.from_dir(target.asset_dir, target.backend)
     tokenizer = ClipTokenizer(assets.vocab_path)
     sigmas_path = assets.log_sigmas_path
-    schedule = CompVisDenoiser(load_log_sigmas(sigmas_path) if sigmas_path else sd1_log_sigmas())
-    common = {"threads": target.threads, "synthetic": weights}
-    loaded: list[nets.NcnnModel] = [nets.TextEncoder.load(assets, **common)]
-    unet = nets.UNet.load(assets, spec.size, spec.size, mode=spec.mode, **common)
-    decoder = nets.VAEDecoder.load(assets, spec.size, spec.size, reference_options=True, **common)
+    schedule = DiscreteSchedule(load_log_sigmas(sigmas_path) if sigmas_path else sd1_log_sigmas())
+    common = {"threads": target.threads, "weights": weights}
+    loaded: list[nets.NcnnModel] = [load_text_encoder(assets, **common)]
+    unet = load_unet(assets, spec.size, spec.size, mode=spec.mode, **common)
+    decoder = load_decoder(assets, spec.size, spec.size, reference_options=True, **common)
     loaded += [unet, decoder]
     if assets.has_encoder:
-        loaded.append(nets.VAEEncoder.load(assets, ENCODER_SIZE, ENCODER_SIZE, **common))
+        loaded.append(load_encoder(assets, ENCODER_SIZE, ENCODER_SIZE, **common))
     load_s = time.perf_counter() - start
 
     progress("encode", 0, spec.steps)

@@ -132,10 +132,10 @@ def test_release_memory_keeps_nets_usable(tiny_assets: Path) -> None:
     """The pools freed between phases (peak-memory optimisation) are re-allocated with identical results."""
     import numpy as np
 
-    from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.pipeline.netset import load_unet
 
-    unet = nets.UNet.load(AssetSet.from_dir(tiny_assets), 256, 256, mode=1, threads=1)
+    unet = load_unet(AssetSet.from_dir(tiny_assets), 256, 256, mode=1, threads=1)
     latent = np.random.default_rng(0).standard_normal(unet.latent_shape, dtype=np.float32)
     cond = np.zeros((77, 768), dtype=np.float32)
     before = unet(latent, 500.0, cond, 0.1, -3.0)
@@ -153,7 +153,7 @@ def test_low_memory_pipeline_releases_and_reloads(tiny_assets: Path) -> None:
     sd = StableDiffusion.from_dir(tiny_assets, threads=1, low_memory=True)
     request = GenerationRequest.create("a cat | blurry", size="256x256", steps=2, seed=3)
     first = sd.generate(request)
-    assert sd._decoder is None and sd._text_encoder_released
+    assert sd.nets.resident == ["unet"]
     second = sd.generate(request)
     assert [i.png for i in first] == [i.png for i in second]
     assert sd.timings.ncnn > 0 and sd.timings.ncnn <= sd.timings.total

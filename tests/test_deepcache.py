@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from localai_sd.pipeline.deepcache import DeepCache, find_deep_feature, unet_passes, wrap_denoiser
-from localai_sd.pipeline.denoiser import CompVisDenoiser, GuidanceLimits, cfg_denoiser, sd1_log_sigmas
+from localai_sd.pipeline.denoiser import DiscreteSchedule, GuidanceLimits, cfg_denoiser, sd1_log_sigmas
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ class FakeCachingUNet:
 def test_full_every_interval_calls_and_per_branch_caches() -> None:
     unet = FakeCachingUNet()
     cache = DeepCache(unet, interval=3)
-    schedule = CompVisDenoiser(sd1_log_sigmas())
+    schedule = DiscreteSchedule(sd1_log_sigmas())
     cond, uncond = np.ones((77, 768), np.float32), np.zeros((77, 768), np.float32)
     model = wrap_denoiser(cfg_denoiser(cache, schedule, cond, uncond, 7.5, pair=cache.pair), cache)
     x = np.ones((4, 2, 2), np.float32)
@@ -65,7 +65,7 @@ def test_full_every_interval_calls_and_per_branch_caches() -> None:
 def test_interval_one_is_always_full_and_a_skipped_uncond_is_refreshed_when_needed() -> None:
     unet = FakeCachingUNet()
     cache = DeepCache(unet, interval=1)
-    schedule = CompVisDenoiser(sd1_log_sigmas())
+    schedule = DiscreteSchedule(sd1_log_sigmas())
     cond, uncond = np.ones((77, 768), np.float32), np.zeros((77, 768), np.float32)
     model = wrap_denoiser(cfg_denoiser(cache, schedule, cond, uncond, 7.5, pair=cache.pair), cache)
     model(np.ones((4, 2, 2), np.float32), 5.0)
@@ -84,12 +84,11 @@ def test_interval_one_is_always_full_and_a_skipped_uncond_is_refreshed_when_need
 
 @pytest.mark.slow
 def test_partial_pass_fed_the_same_steps_feature_equals_the_full_pass(shared_assets: Path) -> None:
-    from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.pipeline.netset import load_unet
+    from localai_sd.testing.synthetic import SyntheticWeights
 
-    unet = nets.UNet.load(
-        AssetSet.from_dir(shared_assets), 256, 256, mode=1, synthetic=nets.SyntheticWeights()
-    )
+    unet = load_unet(AssetSet.from_dir(shared_assets), 256, 256, mode=1, weights=SyntheticWeights())
     try:
         rng = np.random.default_rng(0)
         x = rng.standard_normal(unet.latent_shape).astype(np.float32)
@@ -107,11 +106,11 @@ def test_partial_pass_fed_the_same_steps_feature_equals_the_full_pass(shared_ass
 
 def test_tiny_unet_partial_pass_equals_full_and_skips_the_deep_layers(tiny_models: Path) -> None:
     from localai_sd.models import load_config
-    from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.pipeline.netset import load_unet
 
     config = load_config(tiny_models, "stablediffusion")
-    unet = nets.UNet.load(AssetSet.from_dir(config.asset_dir), 128, 64, threads=1)
+    unet = load_unet(AssetSet.from_dir(config.asset_dir), 128, 64, threads=1)
     assert unet.deep_feature == "up"
     rng = np.random.default_rng(0)
     x = rng.standard_normal(unet.latent_shape).astype(np.float32)

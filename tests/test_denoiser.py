@@ -11,7 +11,7 @@ from real_assets import shared_dir
 
 from localai_sd.errors import AssetError
 from localai_sd.pipeline.denoiser import (
-    CompVisDenoiser,
+    DiscreteSchedule,
     GuidanceLimits,
     cfg_denoiser,
     load_log_sigmas,
@@ -29,8 +29,8 @@ def real_log_sigmas_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def schedule() -> CompVisDenoiser:
-    return CompVisDenoiser(sd1_log_sigmas())
+def schedule() -> DiscreteSchedule:
+    return DiscreteSchedule(sd1_log_sigmas())
 
 
 def kdiffusion_sigma_to_t(log_sigmas: np.ndarray, sigma: float) -> float:
@@ -84,23 +84,23 @@ def test_load_log_sigmas_rejects_decreasing_or_missing(tmp_path: Path) -> None:
 # --- schedule --------------------------------------------------------------------------------------------
 
 
-def test_sigma_range(schedule: CompVisDenoiser) -> None:
+def test_sigma_range(schedule: DiscreteSchedule) -> None:
     assert schedule.sigma_min == pytest.approx(math.exp(sd1_log_sigmas()[0]))
     assert schedule.sigma_max == pytest.approx(math.exp(sd1_log_sigmas()[-1]))
 
 
-def test_t_to_sigma_and_back_is_identity(schedule: CompVisDenoiser) -> None:
+def test_t_to_sigma_and_back_is_identity(schedule: DiscreteSchedule) -> None:
     t = np.linspace(0, 999, 137)
     np.testing.assert_allclose(schedule.sigma_to_t(schedule.t_to_sigma(t)), t, atol=1e-6)
 
 
-def test_t_to_sigma_hits_table_values_at_integers(schedule: CompVisDenoiser) -> None:
+def test_t_to_sigma_hits_table_values_at_integers(schedule: DiscreteSchedule) -> None:
     np.testing.assert_allclose(
         np.log(schedule.t_to_sigma([0, 500, 999])), sd1_log_sigmas()[[0, 500, 999]], rtol=1e-6
     )
 
 
-def test_sigma_to_t_matches_kdiffusion_formula(schedule: CompVisDenoiser) -> None:
+def test_sigma_to_t_matches_kdiffusion_formula(schedule: DiscreteSchedule) -> None:
     rng = np.random.default_rng(0)
     for sigma in np.exp(rng.uniform(-4.5, 3.5, 200)):  # includes values beyond both ends of the table
         assert float(schedule.sigma_to_t(sigma)) == pytest.approx(
@@ -108,16 +108,16 @@ def test_sigma_to_t_matches_kdiffusion_formula(schedule: CompVisDenoiser) -> Non
         )
 
 
-def test_sigma_to_t_clamps_and_handles_zero(schedule: CompVisDenoiser) -> None:
+def test_sigma_to_t_clamps_and_handles_zero(schedule: DiscreteSchedule) -> None:
     assert float(schedule.sigma_to_t(0.0)) == 0.0
     assert float(schedule.sigma_to_t(1e6)) == 999.0
 
 
 def test_schedule_rejects_bad_tables() -> None:
     with pytest.raises(ValueError, match="non-decreasing"):
-        CompVisDenoiser([1.0, 0.0, 2.0])
+        DiscreteSchedule([1.0, 0.0, 2.0])
     with pytest.raises(ValueError, match="1-D"):
-        CompVisDenoiser([[0.0, 1.0]])
+        DiscreteSchedule([[0.0, 1.0]])
 
 
 # --- CFG denoiser ---------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ class RecordingUNet:
         return (x + c_out * float(cond.mean())).astype(np.float32)
 
 
-def test_cfg_combines_cond_and_uncond(schedule: CompVisDenoiser) -> None:
+def test_cfg_combines_cond_and_uncond(schedule: DiscreteSchedule) -> None:
     unet = RecordingUNet()
     cond = np.full((154, 768), 2.0, np.float32)  # two chunks
     uncond = np.full((77, 768), 0.5, np.float32)  # one chunk: lengths may differ
@@ -151,7 +151,7 @@ def test_cfg_combines_cond_and_uncond(schedule: CompVisDenoiser) -> None:
     assert (c_in, c_out) == (pytest.approx(1 / math.sqrt(10.0)), -3.0)
 
 
-def test_cfg_scale_one_skips_the_uncond_pass(schedule: CompVisDenoiser) -> None:
+def test_cfg_scale_one_skips_the_uncond_pass(schedule: DiscreteSchedule) -> None:
     unet = RecordingUNet()
     cond = np.full((77, 768), 2.0, np.float32)
     model = cfg_denoiser(unet, schedule, cond, np.zeros((77, 768), np.float32), cfg_scale=1.0)
@@ -160,7 +160,7 @@ def test_cfg_scale_one_skips_the_uncond_pass(schedule: CompVisDenoiser) -> None:
     assert len(unet.calls) == 1
 
 
-def test_cfg_pair_replaces_the_two_calls(schedule: CompVisDenoiser) -> None:
+def test_cfg_pair_replaces_the_two_calls(schedule: DiscreteSchedule) -> None:
     """With ``pair`` the guided step makes one pair call and the same result as two unet calls."""
     unet, pairs = RecordingUNet(), []
     cond = np.full((77, 768), 2.0, np.float32)
@@ -207,7 +207,7 @@ def test_s_min_uncond_skips_odd_calls_below_it_or_all_of_them() -> None:
     [("default", 14), ("karras", 9)],
 )
 def test_paper_interval_runs_the_counted_unet_passes(
-    schedule: CompVisDenoiser, schedule_name: str, guided_steps: int
+    schedule: DiscreteSchedule, schedule_name: str, guided_steps: int
 ) -> None:
     from localai_sd.pipeline.samplers import SAMPLERS, SCHEDULES
 
@@ -223,7 +223,7 @@ def test_paper_interval_runs_the_counted_unet_passes(
     assert len(unet.calls) == expected
 
 
-def test_a_skipped_call_returns_the_cond_pass_alone(schedule: CompVisDenoiser) -> None:
+def test_a_skipped_call_returns_the_cond_pass_alone(schedule: DiscreteSchedule) -> None:
     unet = RecordingUNet()
     cond, uncond = np.full((77, 768), 2.0, np.float32), np.full((77, 768), 0.5, np.float32)
     model = cfg_denoiser(unet, schedule, cond, uncond, 7.5, limits=GuidanceLimits(interval=(1.0, 5.0)))

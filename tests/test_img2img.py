@@ -12,7 +12,7 @@ from PIL import Image
 
 from localai_sd.errors import InvalidRequest
 from localai_sd.models import load_config
-from localai_sd.pipeline import img2img, masks
+from localai_sd.pipeline import img2img, masks, nets
 from localai_sd.pipeline.denoiser import cfg_denoiser
 from localai_sd.pipeline.images_in import DecodedImage
 from localai_sd.pipeline.img2img import EditSpec
@@ -157,13 +157,14 @@ def test_unet_runs_equal_two_times_t_enc_plus_one(sd: StableDiffusion, strength:
     sd.generate(request(n=2), edit=edit)
     t_enc = img2img.encode_steps(strength, 8)
     assert unet.runs - before == 2 * 2 * (t_enc + 1), "n=2 images, cond + uncond per step"
-    assert sd._encoder is not None and sd._encoder[1].runs >= 1
+    encoder = sd.nets.loaded("vae_encoder")
+    assert encoder is not None and encoder.runs >= 1
 
 
 def test_encoder_runs_once_per_request(sd: StableDiffusion) -> None:
     sd.generate(request(steps=1), edit=EditSpec(DecodedImage(photo())))
-    assert sd._encoder is not None
-    encoder = sd._encoder[1]
+    encoder = sd.nets.loaded("vae_encoder")
+    assert encoder is not None
     before = encoder.runs
     images = sd.generate(request(n=3, steps=2), edit=EditSpec(DecodedImage(photo())))
     assert encoder.runs - before == 1 and [i.seed for i in images] == [11, 12, 13]
@@ -184,7 +185,8 @@ def test_pixels_outside_the_blurred_mask_are_bit_identical(sd: StableDiffusion, 
     np.testing.assert_array_equal(out[~reach], original[~reach])
     assert (out[70:82, 160:172] != original[70:82, 160:172]).any(), "the masked square is repainted"
     if only_masked:
-        assert sd._unet is not None and sd._unet[0][:2] == (256, 256), "the crop runs at its own size"
+        unet = sd.nets.loaded("unet")
+        assert isinstance(unet, nets.UNet) and (unet.width, unet.height) == (256, 256), "the crop's own size"
         assert "Inpaint area: Only masked, Masked area padding: 16" in image.parameters
 
 
@@ -262,11 +264,11 @@ def test_low_memory_releases_the_encoder_before_the_unet(
     unet_load, encoder_load = nets.UNet.load, nets.VAEEncoder.load
 
     def load_unet(*args: object, **kwargs: object) -> nets.UNet:
-        seen.append(f"unet (encoder held: {low._encoder is not None})")
+        seen.append(f"unet (encoder held: {'vae_encoder' in low.nets.resident})")
         return unet_load(*args, **kwargs)  # type: ignore[arg-type]
 
     def load_encoder(*args: object, **kwargs: object) -> nets.VAEEncoder:
-        seen.append(f"encoder (text encoder released: {low._text_encoder_released})")
+        seen.append(f"encoder (text encoder released: {'text_encoder' not in low.nets.resident})")
         return encoder_load(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(nets.UNet, "load", load_unet)
@@ -274,7 +276,7 @@ def test_low_memory_releases_the_encoder_before_the_unet(
     edit = EditSpec(DecodedImage(photo(64, 64)), white_square(64, 64, (8, 8, 40, 40)))
     low.generate(request("64x64", steps=3, n=2), edit=edit)
     assert seen == ["encoder (text encoder released: True)", "unet (encoder held: False)"]
-    assert low._encoder is None and low.timings.vae_encode > 0
+    assert "vae_encoder" not in low.nets.resident and low.timings.vae_encode > 0
     low.close()
 
 
@@ -285,16 +287,14 @@ def test_low_memory_releases_the_encoder_before_the_unet(
 @pytest.mark.parametrize(("width", "height"), [(256, 256), (320, 448)])
 def test_real_architecture_img2img_and_inpainting(shared_assets: Path, width: int, height: int) -> None:
     """The rewritten real encoder param loads and runs at each size; an edit and an inpaint come out whole."""
-    from localai_sd.pipeline import nets
+    from localai_sd.testing.synthetic import SyntheticWeights
 
-    sd = StableDiffusion.from_dir(
-        shared_assets, threads=2, synthetic=nets.SyntheticWeights(), low_memory=True
-    )
+    sd = StableDiffusion.from_dir(shared_assets, threads=2, synthetic=SyntheticWeights(), low_memory=True)
     original = photo(height, width, seed=5)
     req = GenerationRequest.create("a watercolor fox", size=f"{width}x{height}", steps=2, seed=3, mode=0)
     (edited,) = sd.generate(req, edit=EditSpec(DecodedImage(original), strength=0.75))
     assert pixels_of(edited.png).shape == (height, width, 3) and sd.timings.vae_encode > 0
-    assert sd._unet is not None and sd._unet[1].runs == 2 * (img2img.encode_steps(0.75, 2) + 1)
+    assert sd.unet(width, height, 0).runs == 2 * (img2img.encode_steps(0.75, 2) + 1)
     mask = white_square(height, width, (96, 96, 160, 160))
     (inpainted,) = sd.generate(req, edit=EditSpec(DecodedImage(original), mask, strength=1.0))
     out = pixels_of(inpainted.png)

@@ -11,6 +11,8 @@ import pytest
 from localai_sd.errors import AssetError, InvalidRequest
 from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.netset import load_decoder, load_encoder, load_text_encoder, load_unet
+from localai_sd.testing.synthetic import SyntheticWeights, record_weight_reads
 from localai_sd.testing.tiny import build_tiny_assets
 
 SIZES = [(256, 256), (512, 512), (320, 192), (64, 64)]
@@ -48,7 +50,7 @@ def _copy(src: Path, dest: Path) -> AssetSet:
 
 
 def test_text_encoder_shapes_chaining_and_inputs(tiny: AssetSet) -> None:
-    encoder = nets.TextEncoder.load(tiny, threads=1)
+    encoder = load_text_encoder(tiny, threads=1)
     ones = np.ones(77, dtype=np.float32)
     first = encoder(_tokens(320, 5), ones)
     assert first.shape == (77, 768) and np.isfinite(first).all()
@@ -64,7 +66,7 @@ def test_text_encoder_shapes_chaining_and_inputs(tiny: AssetSet) -> None:
 
 
 def test_text_encoder_rejects_bad_shapes(tiny: AssetSet) -> None:
-    encoder = nets.TextEncoder.load(tiny, threads=1)
+    encoder = load_text_encoder(tiny, threads=1)
     with pytest.raises(InvalidRequest, match=r"tokens has shape \(76,\).*\(77,\)"):
         encoder(np.zeros(76, dtype=np.int32), np.ones(77))
     with pytest.raises(InvalidRequest, match=r"cond has shape"):
@@ -75,22 +77,22 @@ def test_text_encoder_rejects_bad_shapes(tiny: AssetSet) -> None:
 
 @pytest.mark.parametrize(("width", "height"), SIZES)
 def test_shapes_at_sizes(tiny: AssetSet, width: int, height: int) -> None:
-    cond = nets.TextEncoder.load(tiny, threads=1)(_tokens(320), np.ones(77))
-    unet = nets.UNet.load(tiny, width, height, mode=0, threads=1)
+    cond = load_text_encoder(tiny, threads=1)(_tokens(320), np.ones(77))
+    unet = load_unet(tiny, width, height, mode=0, threads=1)
     x = _latent(width, height)
     denoised = unet(x, 500.0, cond, 0.3, -2.0)
     assert denoised.shape == (4, height // 8, width // 8) and np.isfinite(denoised).all()
-    image = nets.VAEDecoder.load(tiny, width, height, threads=1)(denoised)
+    image = load_decoder(tiny, width, height, threads=1)(denoised)
     assert image.shape == (3, height, width) and np.isfinite(image).all()
-    mean, std = nets.VAEEncoder.load(tiny, width, height, threads=1)(np.tanh(image))
+    mean, std = load_encoder(tiny, width, height, threads=1)(np.tanh(image))
     assert mean.shape == std.shape == (4, height // 8, width // 8) and (std > 0).all()
 
 
 def test_unet_contract(tiny: AssetSet) -> None:
-    encoder = nets.TextEncoder.load(tiny, threads=1)
+    encoder = load_text_encoder(tiny, threads=1)
     cond = encoder(_tokens(320, 5), np.ones(77))
     uncond = encoder(_tokens(), np.ones(77))
-    unet = nets.UNet.load(tiny, 256, 256, mode=0, threads=1)
+    unet = load_unet(tiny, 256, 256, mode=0, threads=1)
     x = _latent(256, 256)
     np.testing.assert_allclose(unet(x, 500.0, cond, 0.5, 0.0), x, atol=1e-6)  # c_out = 0: denoised = x
     base = unet(x, 500.0, cond, 0.5, -1.0)
@@ -106,11 +108,11 @@ def test_unet_contract(tiny: AssetSet) -> None:
 @pytest.mark.parametrize("mode", [0, 1])
 def test_concurrent_pair_equals_two_calls(tiny: AssetSet, mode: int) -> None:
     """pair() side by side gives exactly what two single calls give, and counts two runs."""
-    encoder = nets.TextEncoder.load(tiny, threads=1)
+    encoder = load_text_encoder(tiny, threads=1)
     cond, uncond = encoder(_tokens(320, 5), np.ones(77)), encoder(_tokens(), np.ones(77))
     x = _latent(256, 256)
-    plain = nets.UNet.load(tiny, 256, 256, mode=mode, threads=2)
-    side = nets.UNet.load(tiny, 256, 256, mode=mode, threads=2, concurrent_pairs=True)
+    plain = load_unet(tiny, 256, 256, mode=mode, threads=2)
+    side = load_unet(tiny, 256, 256, mode=mode, threads=2, concurrent_pairs=True)
     assert (plain.lanes, plain.options.threads) == (1, 2)
     assert (side.lanes, side.options.threads) == (2, 1)  # each lane gets its share of the cores
     expected = (plain(x, 500.0, cond, 0.5, -1.0), plain(x, 500.0, uncond, 0.5, -1.0))
@@ -125,32 +127,32 @@ def test_concurrent_pair_equals_two_calls(tiny: AssetSet, mode: int) -> None:
 
 
 def test_concurrent_pairs_need_two_threads(tiny: AssetSet) -> None:
-    unet = nets.UNet.load(tiny, 64, 64, mode=0, threads=1, concurrent_pairs=True)
+    unet = load_unet(tiny, 64, 64, mode=0, threads=1, concurrent_pairs=True)
     assert (unet.lanes, unet.options.threads) == (1, 1)
 
 
 def test_modes_agree_on_tiny_unet(tiny: AssetSet) -> None:
-    cond = nets.TextEncoder.load(tiny, threads=1)(_tokens(320), np.ones(77))
+    cond = load_text_encoder(tiny, threads=1)(_tokens(320), np.ones(77))
     x = _latent(320, 192)
-    outs = [nets.UNet.load(tiny, 320, 192, mode=m, threads=2)(x, 700.0, cond, 0.2, -5.0) for m in (0, 1)]
+    outs = [load_unet(tiny, 320, 192, mode=m, threads=2)(x, 700.0, cond, 0.2, -5.0) for m in (0, 1)]
     np.testing.assert_allclose(outs[0], outs[1], atol=2e-2)
 
 
 def test_non_square_keeps_width_height_order(tiny: AssetSet) -> None:
     """The tiny nets are local per position, so a top-left crop must give the same interior output."""
-    cond = nets.TextEncoder.load(tiny, threads=1)(_tokens(320), np.ones(77))
+    cond = load_text_encoder(tiny, threads=1)(_tokens(320), np.ones(77))
     big = _latent(512, 512)
     crop = np.ascontiguousarray(big[:, :24, :40])  # 320 wide, 192 high
-    full = nets.UNet.load(tiny, 512, 512, threads=1)(big, 300.0, cond, 0.4, -2.0)
-    part = nets.UNet.load(tiny, 320, 192, threads=1)(crop, 300.0, cond, 0.4, -2.0)
+    full = load_unet(tiny, 512, 512, threads=1)(big, 300.0, cond, 0.4, -2.0)
+    part = load_unet(tiny, 320, 192, threads=1)(crop, 300.0, cond, 0.4, -2.0)
     np.testing.assert_allclose(part[:, :16, :32], full[:, :16, :32], atol=2e-2)
-    image_full = nets.VAEDecoder.load(tiny, 512, 512, threads=1)(big)
-    image_part = nets.VAEDecoder.load(tiny, 320, 192, threads=1)(crop)
+    image_full = load_decoder(tiny, 512, 512, threads=1)(big)
+    image_part = load_decoder(tiny, 320, 192, threads=1)(crop)
     np.testing.assert_allclose(image_part[:, :184, :312], image_full[:, :184, :312], atol=2e-2)
 
 
 def test_decoder_scales_latent(tiny: AssetSet) -> None:
-    decoder = nets.VAEDecoder.load(tiny, 64, 64, threads=1)
+    decoder = load_decoder(tiny, 64, 64, threads=1)
     x = _latent(64, 64)
     raw = nets.load_net(tiny.param_text("vae_decoder", 64, 64), "vae", tiny.weights_path("vae_decoder"),
                         nets.decoder_options(1))  # fmt: skip
@@ -165,7 +167,7 @@ def test_decoder_scales_latent(tiny: AssetSet) -> None:
 
 
 def test_close_releases(tiny: AssetSet) -> None:
-    unet = nets.UNet.load(tiny, 64, 64, threads=1)
+    unet = load_unet(tiny, 64, 64, threads=1)
     unet.close()
     unet.close()
     with pytest.raises(RuntimeError, match=r"closed"):
@@ -174,7 +176,7 @@ def test_close_releases(tiny: AssetSet) -> None:
 
 def test_unet_mode_must_be_non_negative_int(tiny: AssetSet) -> None:
     with pytest.raises(InvalidRequest, match=r"mode -1"):
-        nets.UNet.load(tiny, 64, 64, mode=-1)
+        load_unet(tiny, 64, 64, mode=-1)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garble"])
@@ -184,7 +186,7 @@ def test_corrupt_bin_names_file(tiny_dir: Path, tmp_path: Path, damage: str) -> 
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x13\x37" * 10)
     with pytest.raises(AssetError, match=r"UNetModel-MHA-fp16.bin"):
-        nets.UNet.load(assets, 256, 256, threads=1)
+        load_unet(assets, 256, 256, threads=1)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garble"])
@@ -194,14 +196,14 @@ def test_corrupt_param_names_file(tiny_dir: Path, tmp_path: Path, damage: str) -
     text = path.read_text()
     path.write_text(text[: len(text) // 2] if damage == "truncate" else text.replace("Embed ", "Bogus "))
     with pytest.raises(AssetError, match=r"FrozenCLIPEmbedder-fp16.param"):
-        nets.TextEncoder.load(assets, threads=1)
+        load_text_encoder(assets, threads=1)
 
 
 def test_missing_bin_names_file(tiny_dir: Path, tmp_path: Path) -> None:
     assets = _copy(tiny_dir, tmp_path / "a")
     assets.weights_path("vae_decoder").unlink()
     with pytest.raises(AssetError, match=r"AutoencoderKL-fp16.bin.*missing"):
-        nets.VAEDecoder.load(assets, 256, 256, threads=1)
+        load_decoder(assets, 256, 256, threads=1)
 
 
 def test_param_without_contract_blob_is_asset_error(tiny_dir: Path, tmp_path: Path) -> None:
@@ -209,16 +211,14 @@ def test_param_without_contract_blob_is_asset_error(tiny_dir: Path, tmp_path: Pa
     path = assets.base_param_path("vae_decoder")
     path.write_text(path.read_text().replace(" 815", " 816"))
     with pytest.raises(AssetError, match=r"AutoencoderKL-base-fp16.param.*815"):
-        nets.VAEDecoder.load(assets, 128, 128, threads=1)
+        load_decoder(assets, 128, 128, threads=1)
 
 
 def test_synthetic_weights_deterministic(tiny: AssetSet) -> None:
     x = _latent(128, 64)
     cond = np.zeros((77, 768), dtype=np.float32)
     runs = [
-        nets.UNet.load(tiny, 128, 64, threads=1, synthetic=nets.SyntheticWeights(seed))(
-            x, 1.0, cond, 1.0, -1.0
-        )
+        load_unet(tiny, 128, 64, threads=1, weights=SyntheticWeights(seed))(x, 1.0, cond, 1.0, -1.0)
         for seed in (0, 0, 1)
     ]
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -227,7 +227,7 @@ def test_synthetic_weights_deterministic(tiny: AssetSet) -> None:
 
 def test_recorded_reads_match_tiny_bin(tiny: AssetSet) -> None:
     for net in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
-        reads = nets.record_weight_reads(tiny.param_text(net), net)
+        reads = record_weight_reads(tiny.param_text(net), net)
         assert sum(r.nbytes for r in reads) == tiny.weights_path(net).stat().st_size
         kinds = [r.kind for r in reads]
         assert kinds.count("flag") == kinds.count("fp16") > 0
@@ -243,7 +243,7 @@ def real(shared_assets: Path) -> AssetSet:
 
 @pytest.mark.slow
 def test_real_text_encoder_one_and_two_chunks(real: AssetSet) -> None:
-    encoder = nets.TextEncoder.load(real, threads=2, synthetic=nets.SyntheticWeights())
+    encoder = load_text_encoder(real, threads=2, weights=SyntheticWeights())
     ones = np.ones(77, dtype=np.float32)
     first = encoder(_tokens(320, 1125), ones)
     assert first.shape == (77, 768) and np.isfinite(first).all()
@@ -259,7 +259,7 @@ def test_real_unet_256_modes_agree(real: AssetSet) -> None:
     cond = np.random.default_rng(1).standard_normal((77, 768)).astype(np.float32)
     outs = []
     for mode in (0, 1):
-        unet = nets.UNet.load(real, 256, 256, mode=mode, threads=2, synthetic=nets.SyntheticWeights())
+        unet = load_unet(real, 256, 256, mode=mode, threads=2, weights=SyntheticWeights())
         outs.append(unet(x, 999.0, cond, 1 / np.sqrt(14.6**2 + 1), -14.6))
         unet.close()
     assert outs[0].shape == (4, 32, 32) and np.isfinite(outs[0]).all()
@@ -270,7 +270,7 @@ def test_real_unet_256_modes_agree(real: AssetSet) -> None:
 
 @pytest.mark.slow
 def test_real_decoder_256(real: AssetSet) -> None:
-    decoder = nets.VAEDecoder.load(real, 256, 256, threads=2, synthetic=nets.SyntheticWeights())
+    decoder = load_decoder(real, 256, 256, threads=2, weights=SyntheticWeights())
     image = decoder(_latent(256, 256) * 0.18215)
     assert image.shape == (3, 256, 256) and np.isfinite(image).all()
 
@@ -279,11 +279,11 @@ def test_real_decoder_256(real: AssetSet) -> None:
 def test_real_non_square_base_params(real: AssetSet) -> None:
     cond = np.random.default_rng(1).standard_normal((77, 768)).astype(np.float32)
     x = _latent(384, 256)
-    unet = nets.UNet.load(real, 384, 256, mode=1, threads=2, synthetic=nets.SyntheticWeights())
+    unet = load_unet(real, 384, 256, mode=1, threads=2, weights=SyntheticWeights())
     denoised = unet(x, 500.0, cond, 0.5, -1.0)
     unet.close()
     assert denoised.shape == (4, 32, 48) and np.isfinite(denoised).all()
-    image = nets.VAEDecoder.load(real, 384, 256, threads=2, synthetic=nets.SyntheticWeights())(denoised)
+    image = load_decoder(real, 384, 256, threads=2, weights=SyntheticWeights())(denoised)
     assert image.shape == (3, 256, 384) and np.isfinite(image).all()
 
 
@@ -293,9 +293,11 @@ import numpy as np
 from pathlib import Path
 from localai_sd.errors import OutOfMemory
 from localai_sd.pipeline import nets
+from localai_sd.pipeline.netset import load_text_encoder, load_unet, load_decoder, load_encoder
+from localai_sd.testing.synthetic import SyntheticWeights, record_weight_reads
 from localai_sd.pipeline.assets import AssetSet
 
-decoder = nets.VAEDecoder.load(AssetSet.from_dir(Path(sys.argv[1])), 1024, 1024, threads=1)
+decoder = load_decoder(AssetSet.from_dir(Path(sys.argv[1])), 1024, 1024, threads=1)
 latent = np.zeros(decoder.latent_shape, np.float32)
 vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 8 * 2**20, resource.RLIM_INFINITY))

@@ -13,6 +13,7 @@ from localai_sd.pipeline import nets, params
 from localai_sd.pipeline.assets import STABLEDIFFUSION_NETS
 from localai_sd.pipeline.param_check import NCNN_LAYER_TYPES, check_param, sd_blob_shapes
 from localai_sd.testing.param_fuzz import SIZE, base_params, run_text_in_child
+from localai_sd.testing.synthetic import SyntheticWeights
 
 
 def text_encoder() -> str:
@@ -89,7 +90,7 @@ def test_issue_examples_crash_ncnn_without_the_check_and_not_with_it() -> None:
 
 def test_load_net_runs_the_check_before_ncnn() -> None:
     with pytest.raises(AssetError, match=r"'x.param' line 10: .*Concat axis -773"):
-        nets.load_net(concat_773(), "x.param", nets.SyntheticWeights(0), nets.NetOptions(threads=1))
+        nets.load_net(concat_773(), "x.param", SyntheticWeights(0), nets.NetOptions(threads=1))
 
 
 @pytest.mark.parametrize(

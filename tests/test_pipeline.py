@@ -8,6 +8,7 @@ import pytest
 
 from localai_sd.errors import Cancelled
 from localai_sd.models import load_config
+from localai_sd.pipeline import nets
 from localai_sd.pipeline.output import read_png_parameters
 from localai_sd.pipeline.pipeline import StableDiffusion, StepEvent
 from localai_sd.pipeline.request import GenerationRequest
@@ -94,12 +95,11 @@ def test_low_memory_never_holds_two_big_nets(tiny_models: Path, monkeypatch: pyt
     unet_load, decoder_load = nets.UNet.load, nets.VAEDecoder.load
 
     def load_unet(*args: object, **kwargs: object) -> nets.UNet:
-        seen.append(f"unet (text encoder released: {low._text_encoder_released})")
+        seen.append(f"unet (text encoder released: {'text_encoder' not in low.nets.resident})")
         return unet_load(*args, **kwargs)  # type: ignore[arg-type]
 
     def load_decoder(*args: object, **kwargs: object) -> nets.VAEDecoder:
-        assert low._unet is not None
-        seen.append(f"decoder after {low._unet[1].runs} unet runs")
+        seen.append(f"decoder after {low.unet(64, 64, 0).runs} unet runs")
         return decoder_load(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(nets.UNet, "load", load_unet)
@@ -110,7 +110,7 @@ def test_low_memory_never_holds_two_big_nets(tiny_models: Path, monkeypatch: pyt
         "decoder after 4 unet runs",  # 2 steps x (cond + uncond), image 1
         "decoder after 8 unet runs",  # released after image 1, reloaded for image 2
     ]
-    assert low._decoder is None
+    assert "vae_decoder" not in low.nets.resident
     low.close()
 
 
@@ -118,7 +118,7 @@ def test_side_by_side_guidance_gives_the_same_images(tiny_models: Path) -> None:
     """Running cond and uncond side by side (the default with 2+ threads) changes no pixel."""
     config = load_config(tiny_models, "stablediffusion")
     side, turn = (StableDiffusion.load(config, threads=2) for _ in range(2))
-    turn.parallel_guidance = False
+    turn.nets.parallel_guidance = False
     long_prompt = ", ".join(["a photo of a cat"] * 30) + "|blurry"  # cond 154 rows, uncond 77
     requests = [request(steps=3, n=2), GenerationRequest.create(long_prompt, size="64x64", steps=2, seed=5)]
     images = [[i.png for r in requests for i in sd.generate(r)] for sd in (side, turn)]
@@ -134,9 +134,12 @@ def test_side_by_side_guidance_gives_the_same_images(tiny_models: Path) -> None:
 def test_warm_loads_what_the_setting_keeps(tiny_models: Path, low_memory: bool) -> None:
     sd = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1, low_memory=low_memory)
     sd.warm(64, 64, 0)
-    assert sd._unet is not None and sd._unet[0][:3] == (64, 64, 0)
-    assert (sd._decoder is None) is low_memory, "the low-memory setting loads the decoder per image"
-    assert sd._text_encoder_released is low_memory, "nor does it keep the text encoder beside the UNet"
+    unet = sd.nets.loaded("unet")
+    assert isinstance(unet, nets.UNet) and (unet.width, unet.height, unet.options.winograd) == (64, 64, False)
+    assert (sd.nets.loaded("vae_decoder") is None) is low_memory, "the low-memory setting loads it per image"
+    assert (sd.nets.loaded("text_encoder") is None) is low_memory, (
+        "nor keeps the text encoder beside the UNet"
+    )
     assert len(sd.generate(request())) == 1  # the text encoder comes back for the request
     sd.close()
 

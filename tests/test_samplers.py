@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from localai_sd.errors import Cancelled
-from localai_sd.pipeline.denoiser import CompVisDenoiser, sd1_log_sigmas
+from localai_sd.pipeline.denoiser import DiscreteSchedule, sd1_log_sigmas
 from localai_sd.pipeline.samplers import (
     SAMPLER_LABELS,
     SAMPLERS,
@@ -28,8 +28,8 @@ SHAPE = (4, 8, 8)
 
 
 @pytest.fixture(scope="module")
-def schedule() -> CompVisDenoiser:
-    return CompVisDenoiser(sd1_log_sigmas())
+def schedule() -> DiscreteSchedule:
+    return DiscreteSchedule(sd1_log_sigmas())
 
 
 def point_mass(mu: np.ndarray):
@@ -50,7 +50,7 @@ def start_noise(sigmas: np.ndarray, seed: int = 0) -> np.ndarray:
 # --- schedules --------------------------------------------------------------------------------------------
 
 
-def test_default_schedule_is_the_reference_t_grid(schedule: CompVisDenoiser) -> None:
+def test_default_schedule_is_the_reference_t_grid(schedule: DiscreteSchedule) -> None:
     sigmas = get_sigmas_default(10, schedule)
     t = [999 - k * 999 / 9 for k in range(10)]  # EdVince: t = 999 + i * (0 - 999 / (step - 1))
     expected = [math.exp(np.interp(tk, np.arange(1000), sd1_log_sigmas())) for tk in t]
@@ -61,7 +61,7 @@ def test_default_schedule_is_the_reference_t_grid(schedule: CompVisDenoiser) -> 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 @pytest.mark.parametrize("n", [1, 2, 7, 50])
 def test_schedules_are_decreasing_from_sigma_max_to_zero(
-    schedule: CompVisDenoiser, name: str, n: int
+    schedule: DiscreteSchedule, name: str, n: int
 ) -> None:
     sigmas = SCHEDULES[name](n, schedule)
     assert sigmas.shape == (n + 1,)
@@ -82,7 +82,7 @@ def test_exponential_is_evenly_spaced_in_log_sigma() -> None:
     np.testing.assert_allclose(np.diff(np.log(sigmas[:-1])), math.log(0.03 / 14.6) / 5, rtol=1e-9)
 
 
-def test_zero_steps_is_rejected(schedule: CompVisDenoiser) -> None:
+def test_zero_steps_is_rejected(schedule: DiscreteSchedule) -> None:
     with pytest.raises(ValueError, match="at least 1, got 0"):
         get_sigmas_default(0, schedule)
 
@@ -150,7 +150,7 @@ def test_euler_ancestral_step_matches_the_reference_formula() -> None:
 @pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
 @pytest.mark.parametrize("n", [1, 2, 10])
 def test_point_mass_data_is_recovered(
-    schedule: CompVisDenoiser, sampler: str, schedule_name: str, n: int
+    schedule: DiscreteSchedule, sampler: str, schedule_name: str, n: int
 ) -> None:
     mu = np.linspace(-1, 1, math.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
     sigmas = SCHEDULES[schedule_name](n, schedule)
@@ -166,7 +166,7 @@ ODE_TOLERANCE = {"euler": 0.3, "heun": 0.05, "dpm2": 0.05, "lms": 0.05, "dpmpp_2
 
 @pytest.mark.parametrize("sampler", sorted(DETERMINISTIC))
 def test_deterministic_samplers_follow_the_exact_gaussian_ode(
-    schedule: CompVisDenoiser, sampler: str
+    schedule: DiscreteSchedule, sampler: str
 ) -> None:
     mu, s = 0.5, 1.0
     z = np.random.default_rng(1).standard_normal(20000).astype(np.float32)
@@ -179,7 +179,7 @@ def test_deterministic_samplers_follow_the_exact_gaussian_ode(
 
 
 @pytest.mark.parametrize("sampler", sorted(STOCHASTIC - {"lcm"}))
-def test_stochastic_samplers_reach_the_data_distribution(schedule: CompVisDenoiser, sampler: str) -> None:
+def test_stochastic_samplers_reach_the_data_distribution(schedule: DiscreteSchedule, sampler: str) -> None:
     mu, s = 0.5, 1.0
     sigmas = SCHEDULES["karras"](50, schedule)
     x = (np.random.default_rng(1).standard_normal(20000) * math.sqrt(s * s + sigmas[0] ** 2)).astype(
@@ -192,7 +192,7 @@ def test_stochastic_samplers_reach_the_data_distribution(schedule: CompVisDenois
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_same_seed_same_bytes_and_seeds_differ_for_stochastic(
-    schedule: CompVisDenoiser, sampler: str
+    schedule: DiscreteSchedule, sampler: str
 ) -> None:
     sigmas = SCHEDULES["default"](6, schedule)
     x = start_noise(sigmas)
@@ -203,7 +203,7 @@ def test_same_seed_same_bytes_and_seeds_differ_for_stochastic(
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-def test_callback_once_per_step_with_step_info(schedule: CompVisDenoiser, sampler: str) -> None:
+def test_callback_once_per_step_with_step_info(schedule: DiscreteSchedule, sampler: str) -> None:
     sigmas = SCHEDULES["karras"](5, schedule)
     seen: list[dict] = []
     SAMPLERS[sampler](
@@ -216,7 +216,7 @@ def test_callback_once_per_step_with_step_info(schedule: CompVisDenoiser, sample
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-def test_raising_in_the_callback_cancels_sampling(schedule: CompVisDenoiser, sampler: str) -> None:
+def test_raising_in_the_callback_cancels_sampling(schedule: DiscreteSchedule, sampler: str) -> None:
     sigmas = SCHEDULES["default"](8, schedule)
     evaluated: list[float] = []
 
@@ -236,7 +236,7 @@ def test_raising_in_the_callback_cancels_sampling(schedule: CompVisDenoiser, sam
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-def test_float64_model_output_keeps_x_float32(schedule: CompVisDenoiser, sampler: str) -> None:
+def test_float64_model_output_keeps_x_float32(schedule: DiscreteSchedule, sampler: str) -> None:
     sigmas = SCHEDULES["karras"](3, schedule)
     out = SAMPLERS[sampler](
         lambda x, sigma: np.zeros(SHAPE, np.float64),
@@ -304,7 +304,7 @@ def test_lcm_jumps_to_denoised_then_renoises_to_the_next_sigma() -> None:
     assert SAMPLER_LABELS["lcm"] == "LCM"
 
 
-def test_lcm_with_a_posterior_mean_denoiser_follows_its_variance_recursion(schedule: CompVisDenoiser) -> None:
+def test_lcm_with_a_posterior_mean_denoiser_follows_its_variance_recursion(schedule: DiscreteSchedule) -> None:
     """LCM expects a consistency model (which returns a sample); fed the exact posterior mean of N(mu, s²) it
     shrinks: Var(D(x_i)) = (s²/(s²+σ_i²))² Var(x_i) and Var(x_{i+1}) = Var(D(x_i)) + σ_{i+1}²."""
     mu, s = 0.5, 1.0

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.netset import load_decoder
 from localai_sd.pipeline.tiling import (
     axis_weights,
     decode,
@@ -105,8 +105,8 @@ def test_tiny_decoder_tiled_matches_whole(tiny_assets: AssetSet) -> None:
     # stores fp16 (2**-11 relative) and a net of another size may pick other kernels; measured equal here.
     latent = np.random.default_rng(2).standard_normal((4, 48, 80)).astype(np.float32)
     assert decoder_size(latent.shape, None) == (640, 384) and decoder_size(latent.shape, 32) == (256, 256)
-    whole = decode(nets.VAEDecoder.load(tiny_assets, 640, 384, threads=1), latent, None)
-    tile_decoder = nets.VAEDecoder.load(tiny_assets, 256, 256, threads=1)
+    whole = decode(load_decoder(tiny_assets, 640, 384, threads=1), latent, None)
+    tile_decoder = load_decoder(tiny_assets, 256, 256, threads=1)
     tiled = decode(tile_decoder, latent, 32, overlap=8)
     assert tile_decoder.runs == 6  # 2 rows x 3 columns of 32x32 cells
     scale = float(np.abs(whole).max())

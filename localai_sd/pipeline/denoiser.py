@@ -1,5 +1,5 @@
 """CompVis discrete-time schedule (sigma <-> t) and the classifier-free-guidance denoiser (k-diffusion
-``external.DiscreteSchedule`` / ``CompVisDenoiser``, Ho & Salimans 2022 for CFG)."""
+``external.DiscreteSchedule``, which its ``CompVisDenoiser`` builds on, Ho & Salimans 2022 for CFG)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def sd1_log_sigmas() -> np.ndarray:
     return np.log(np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)).astype(np.float32)
 
 
-class CompVisDenoiser:
+class DiscreteSchedule:
     """Discrete schedule of a CompVis (eps-prediction) model: maps sigma <-> fractional timestep t."""
 
     def __init__(self, log_sigmas: ArrayLike) -> None:
@@ -128,7 +128,7 @@ def skip_uncond(limits: GuidanceLimits, sigma: float, call: int) -> bool:
 
 def cfg_denoiser(
     unet: UNetFn,
-    schedule: CompVisDenoiser,
+    schedule: DiscreteSchedule,
     cond: np.ndarray,
     uncond: np.ndarray,
     cfg_scale: float,

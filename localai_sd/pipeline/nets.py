@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import ncnn
 import numpy as np
 
 from localai_sd.errors import AssetError, Cancelled, InvalidRequest, OutOfMemory
-from localai_sd.pipeline.assets import AssetSet
 from localai_sd.pipeline.deepcache import find_deep_feature
 from localai_sd.pipeline.param_check import check_param, sd_blob_shapes
 from localai_sd.pipeline.param_shapes import Shape
@@ -38,8 +38,6 @@ FLAG_FP16 = 0x01306B47
 FLAG_SIZE = 4
 #: What ncnn's forward returns when an allocation fails (ncnn src/net.cpp: "return -100").
 NCNN_OUT_OF_MEMORY = -100
-#: Size of the pool of normal values synthetic weights are cut from (float32 count, 4 MiB).
-SYNTHETIC_POOL = 1 << 20
 
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
@@ -101,84 +99,27 @@ def decoder_options(threads: int | None = None, *, reference: bool = False) -> N
     return NetOptions(threads=threads or default_threads())
 
 
-class SyntheticWeights(ncnn.DataReader):
-    """An ncnn DataReader producing small normal weights: every 4-byte flag read says 'raw fp32 follows'."""
+class WeightReader(Protocol):
+    """A source of weights other than a .bin file: fills each buffer ncnn asks for, in load order."""
 
-    def __init__(self, seed: int = 0, std: float = 0.02):
+    def read_into(self, buffer: memoryview) -> None: ...
+
+
+#: Where a net's weights come from: a .bin file, or a reader (synthetic weights in tests and benchmarks).
+Weights = Path | WeightReader
+
+
+class _ReaderAdapter(ncnn.DataReader):
+    """ncnn's DataReader over a WeightReader: ``read(buf, size)`` receives a PyCapsule holding the address."""
+
+    def __init__(self, reader: WeightReader):
         super().__init__()
-        self.seed, self.std = seed, std
-        rng = np.random.default_rng(seed)
-        self._pool = (rng.standard_normal(SYNTHETIC_POOL) * std).astype(np.float32)
-        self._offset = 0
-        self.bytes_read = 0
-
-    def fresh(self) -> SyntheticWeights:
-        """A new reader with the same seed and std, so each net's weights do not depend on load order."""
-        return SyntheticWeights(self.seed, self.std)
+        self.reader = reader
 
     def read(self, buf: object, size: int) -> int:
-        """Fill ``size`` bytes at the capsule ``buf``: 0 for flag reads, else pool values (fp32)."""
         address = _capsule_pointer(buf, None)
-        self.bytes_read += size
-        if size == FLAG_SIZE:
-            ctypes.memset(address, FLAG_FP32, FLAG_SIZE)
-            return size
-        pool_bytes = self._pool.nbytes
-        done = 0
-        while done < size:
-            start = self._offset % pool_bytes // 4 * 4
-            chunk = min(size - done, pool_bytes - start)
-            ctypes.memmove(address + done, self._pool.ctypes.data + start, chunk)
-            done += chunk
-            self._offset = start + chunk
-        self._offset += 4 * 7919  # a prime stride so consecutive tensors differ
+        self.reader.read_into(memoryview((ctypes.c_char * size).from_address(address)).cast("B"))
         return size
-
-
-@dataclass(frozen=True)
-class WeightRead:
-    """One ncnn ModelBin read: ``kind`` is 'flag', 'fp16' (data after a flag) or 'fp32' (raw)."""
-
-    kind: str
-    nbytes: int
-
-
-class _RecordingReader(ncnn.DataReader):
-    """A DataReader that records read sizes, answering flag reads with the fp16 flag (the real files' layout)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: list[int] = []
-        self._flag = np.array([FLAG_FP16], dtype=np.uint32)
-
-    def read(self, buf: object, size: int) -> int:
-        """Record ``size``; write the fp16 flag into 4-byte reads and leave data reads as they are."""
-        if size == FLAG_SIZE:
-            ctypes.memmove(_capsule_pointer(buf, None), self._flag.ctypes.data, FLAG_SIZE)
-        self.sizes.append(size)
-        return size
-
-
-def record_weight_reads(param_text: str, name: str = "param") -> list[WeightRead]:
-    """The sequence of reads ncnn makes loading fp16 weights for ``param_text`` (the .bin layout)."""
-    net = ncnn.Net()
-    NetOptions(threads=1, winograd=False, sgemm=False, fp16=False).apply(net.opt)
-    net.opt.use_packing_layout = False
-    try:
-        _check(net.load_param_mem(param_text), f"{name}: ncnn cannot parse this .param")
-        reader = _RecordingReader()
-        _check(net.load_model(reader), f"{name}: ncnn cannot load weights for this .param")
-    finally:
-        net.clear()
-    reads, after_flag = [], False
-    for size in reader.sizes:
-        if size == FLAG_SIZE and not after_flag:
-            reads.append(WeightRead("flag", size))
-            after_flag = True
-        else:
-            reads.append(WeightRead("fp16" if after_flag else "fp32", size))
-            after_flag = False
-    return reads
 
 
 def _check(ret: int, message: str) -> None:
@@ -190,11 +131,11 @@ def _check(ret: int, message: str) -> None:
 def load_net(
     param_text: str,
     param_name: str,
-    weights: Path | SyntheticWeights,
+    weights: Weights,
     options: NetOptions,
     blob_shapes: Mapping[str, Shape] | None = None,
 ) -> ncnn.Net:
-    """Build an ncnn Net from .param text (in memory) and a .bin path or synthetic weights.
+    """Build an ncnn Net from .param text (in memory) and a .bin path or a weight reader.
 
     The text is checked first (:func:`param_check.check_param`, against the I/O ``blob_shapes`` when given),
     so a malformed .param is an AssetError naming the file and line instead of a crash inside ncnn.
@@ -203,8 +144,8 @@ def load_net(
     net = ncnn.Net()
     options.apply(net.opt)
     _check(net.load_param_mem(param_text), f"asset file {param_name!r} is not a valid ncnn .param")
-    if isinstance(weights, SyntheticWeights):
-        _check(net.load_model(weights.fresh()), f"synthetic weights do not fit {param_name!r}")
+    if not isinstance(weights, Path):
+        _check(net.load_model(_ReaderAdapter(weights)), f"the weight reader does not fit {param_name!r}")
         return net
     if not weights.is_file():
         raise AssetError(f"asset file {weights.name!r} is missing from {str(weights.parent)!r}")
@@ -215,6 +156,18 @@ def load_net(
             f"asset file {weights.name!r} is truncated or corrupt (ncnn load_model returned {ret})"
         )
     return net
+
+
+def stream_weights(param_text: str, reader: WeightReader, name: str = "param") -> None:
+    """Load ``param_text`` with plain fp32 options and feed its weights from ``reader`` (the .bin layout)."""
+    net = ncnn.Net()
+    NetOptions(threads=1, winograd=False, sgemm=False, fp16=False).apply(net.opt)
+    net.opt.use_packing_layout = False
+    try:
+        _check(net.load_param_mem(param_text), f"{name}: ncnn cannot parse this .param")
+        _check(net.load_model(_ReaderAdapter(reader)), f"{name}: ncnn cannot load weights for this .param")
+    finally:
+        net.clear()
 
 
 def _as_float32(array: np.ndarray) -> np.ndarray:
@@ -238,7 +191,7 @@ class NcnnModel:
     #: Blob names this net must have (checked at load).
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
-    #: Which net of the AssetSet this is.
+    #: Which SD1 net this is (the asset set's name for it).
     net_name = ""
 
     def __init__(self, net: ncnn.Net, name: str, options: NetOptions):
@@ -252,19 +205,12 @@ class NcnnModel:
         self._check_blobs()
 
     @classmethod
-    def _load(
-        cls,
-        assets: AssetSet,
-        width: int,
-        height: int,
-        options: NetOptions,
-        synthetic: SyntheticWeights | None,
-    ) -> ncnn.Net:
-        """Load this net of ``assets`` for a width x height image."""
-        text = assets.param_text(cls.net_name, width, height)
-        param_name = assets.param_path(cls.net_name, width, height).name
-        weights = synthetic if synthetic is not None else assets.weights_path(cls.net_name)
-        return load_net(text, param_name, weights, options, sd_blob_shapes(cls.net_name, width, height))
+    def _from_text(
+        cls, param_text: str, param_name: str, weights: Weights, options: NetOptions, width: int, height: int
+    ):  # -> Self
+        """Check and load ``param_text`` for a width x height image, then wrap the net."""
+        shapes = sd_blob_shapes(cls.net_name, width, height)
+        return cls(load_net(param_text, param_name, weights, options, shapes), param_name, options)
 
     def _check_blobs(self) -> None:
         """AssetError naming the param if a blob of the I/O contract is absent."""
@@ -390,12 +336,12 @@ class TextEncoder(NcnnModel):
 
     @classmethod
     def load(
-        cls, assets: AssetSet, *, threads: int | None = None, synthetic: SyntheticWeights | None = None
+        cls, param_text: str, param_name: str, weights: Weights, *, threads: int | None = None
     ) -> TextEncoder:
-        """Load the text encoder of ``assets`` (the CLIP graph does not depend on the image size)."""
-        options = NetOptions(threads=threads or default_threads())
-        net = cls._load(assets, 512, 512, options, synthetic)
-        return cls(net, assets.base_param_path(cls.net_name).name, options)
+        """Load the text encoder (the CLIP graph does not depend on the image size)."""
+        return cls._from_text(
+            param_text, param_name, weights, NetOptions(threads=threads or default_threads()), 512, 512
+        )
 
     def __call__(
         self, tokens: np.ndarray, multipliers: np.ndarray, cond: np.ndarray | None = None
@@ -446,16 +392,10 @@ class _Sized(NcnnModel):
 
     @classmethod
     def _sized(
-        cls,
-        assets: AssetSet,
-        width: int,
-        height: int,
-        options: NetOptions,
-        synthetic: SyntheticWeights | None,
+        cls, param_text: str, param_name: str, weights: Weights, options: NetOptions, width: int, height: int
     ):  # -> Self
-        """Load the net of ``assets`` for width x height and remember the size."""
-        net = cls._load(assets, width, height, options, synthetic)
-        model = cls(net, assets.param_path(cls.net_name, width, height).name, options)
+        """Load the net for width x height and remember the size."""
+        model = cls._from_text(param_text, param_name, weights, options, width, height)
         model.width, model.height = width, height
         return model
 
@@ -474,13 +414,14 @@ class UNet(_Sized):
     @classmethod
     def load(
         cls,
-        assets: AssetSet,
+        param_text: str,
+        param_name: str,
+        weights: Weights,
         width: int,
         height: int,
         *,
         mode: int = 0,
         threads: int | None = None,
-        synthetic: SyntheticWeights | None = None,
         concurrent_pairs: bool = False,
     ) -> UNet:
         """Load the UNet for a width x height image with the LocalAI ``mode`` options.
@@ -491,9 +432,9 @@ class UNet(_Sized):
         options = unet_options(mode, threads)
         lanes = 2 if concurrent_pairs and options.threads >= 2 else 1
         options = replace(options, threads=options.threads // lanes)
-        model = cls._sized(assets, width, height, options, synthetic)
+        model = cls._sized(param_text, param_name, weights, options, width, height)
         model.lanes = lanes
-        model.deep_feature = find_deep_feature(assets.param_text(cls.net_name, width, height))
+        model.deep_feature = find_deep_feature(param_text)
         return model
 
     def _feeds(
@@ -575,18 +516,18 @@ class VAEDecoder(_Sized):
     @classmethod
     def load(
         cls,
-        assets: AssetSet,
+        param_text: str,
+        param_name: str,
+        weights: Weights,
         width: int,
         height: int,
         *,
         threads: int | None = None,
-        synthetic: SyntheticWeights | None = None,
         reference_options: bool = False,
     ) -> VAEDecoder:
         """Load the decoder for a width x height image (winograd on unless reference_options)."""
-        return cls._sized(
-            assets, width, height, decoder_options(threads, reference=reference_options), synthetic
-        )
+        options = decoder_options(threads, reference=reference_options)
+        return cls._sized(param_text, param_name, weights, options, width, height)
 
     def __call__(self, latent: np.ndarray) -> np.ndarray:
         """Decode a latent (scaled by 1/0.18215 here) to the raw (3, H, W) float output."""
@@ -606,15 +547,16 @@ class VAEEncoder(_Sized):
     @classmethod
     def load(
         cls,
-        assets: AssetSet,
+        param_text: str,
+        param_name: str,
+        weights: Weights,
         width: int,
         height: int,
         *,
         threads: int | None = None,
-        synthetic: SyntheticWeights | None = None,
     ) -> VAEEncoder:
         """Load the img2img encoder for a width x height image."""
-        return cls._sized(assets, width, height, decoder_options(threads), synthetic)
+        return cls._sized(param_text, param_name, weights, decoder_options(threads), width, height)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Encode a (3, H, W) image scaled to [-1, 1]; returns (mean, std) of the latent distribution."""

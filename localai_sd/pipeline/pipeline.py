@@ -16,8 +16,8 @@ from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
 from localai_sd.pipeline.deepcache import DeepCache, wrap_denoiser
 from localai_sd.pipeline.denoiser import (
-    CompVisDenoiser,
     Denoiser,
+    DiscreteSchedule,
     GuidanceLimits,
     cfg_denoiser,
     load_log_sigmas,
@@ -38,6 +38,7 @@ from localai_sd.pipeline.img2img import (
     prepare_edit,
     sample_latent,
 )
+from localai_sd.pipeline.netset import NetSet, SyntheticSource, bin_weights
 from localai_sd.pipeline.output import decoder_to_pixels, encode_png, infotext
 from localai_sd.pipeline.prompt import DEFAULT_MAX_CHUNKS, PromptChunk, build_chunks
 from localai_sd.pipeline.request import GenerationRequest
@@ -117,7 +118,7 @@ def acceleration_infotext(request: GenerationRequest) -> dict[str, object]:
 
 
 class StableDiffusion:
-    """A loaded SD 1.x model: tokenizer and text encoder at load, UNet and decoder per size and mode."""
+    """A loaded SD 1.x model: tokenizer, schedule and its nets (``NetSet``); ``generate`` is the recipe."""
 
     def __init__(
         self,
@@ -125,37 +126,23 @@ class StableDiffusion:
         *,
         name: str,
         threads: int | None = None,
-        synthetic: nets.SyntheticWeights | None = None,
+        synthetic: SyntheticSource | None = None,
         low_memory: bool = False,
         max_prompt_chunks: int = DEFAULT_MAX_CHUNKS,
     ):
         self.assets = assets
+        self.name = name
         #: Most 77-token chunks a prompt (or negative prompt) may take; checked before any encoder run.
         self.max_prompt_chunks = max_prompt_chunks
-        self.name = name
-        self.threads = threads
-        #: Random weights of the real layout instead of the .bin files (benchmarks only).
+        #: Random weights of the real layout instead of the .bin files (benchmarks and tests only).
         self.synthetic = synthetic
         self.tokenizer = ClipTokenizer(assets.vocab_path)
         log_sigmas_path = assets.log_sigmas_path
-        self.schedule = CompVisDenoiser(
+        self.schedule = DiscreteSchedule(
             load_log_sigmas(log_sigmas_path) if log_sigmas_path else sd1_log_sigmas()
         )
-        #: Low-memory setting: the text encoder and the decoder are loaded for each use and released after it
-        #: (so only the UNet's weights stay resident), and the decoder runs plain convolution (the reference's
-        #: options, no winograd/sgemm workspace). Measured at 256x256 (benchmarks/RESULTS.md): peak RSS
-        #: 7.32 -> 5.88 GB in mode 1 and 5.00 -> 3.55 GB in mode 0, decode about 6-9x slower.
-        self.low_memory = low_memory
-        #: Run each step's cond and uncond UNet passes side by side, half the threads each (same results,
-        #: measured faster at 2 threads; costs a second activation set, so off in the low-memory setting).
-        self.parallel_guidance = not low_memory
-        self.text_encoder = nets.TextEncoder.load(assets, threads=threads, synthetic=self._weights())
-        self._text_encoder_released = False
-        #: ncnn seconds of nets released by the low-memory setting (so timings stay complete).
-        self._released_ncnn = 0.0
-        self._unet: tuple[tuple[int, int, int, bool], nets.UNet] | None = None
-        self._decoder: tuple[tuple[int, int], nets.VAEDecoder] | None = None
-        self._encoder: tuple[tuple[int, int], nets.VAEEncoder] | None = None
+        weights_for = bin_weights(assets) if synthetic is None else (lambda _net: synthetic.fresh())
+        self.nets = NetSet(assets, weights_for, threads=threads, low_memory=low_memory)
         self._lock = threading.Lock()
         self.timings = Timings()
 
@@ -186,7 +173,7 @@ class StableDiffusion:
         *,
         backend: str = "stablediffusion",
         threads: int | None = None,
-        synthetic: nets.SyntheticWeights | None = None,
+        synthetic: SyntheticSource | None = None,
         low_memory: bool = False,
     ) -> StableDiffusion:
         """Load straight from an asset directory (benchmarks and tests)."""
@@ -195,69 +182,26 @@ class StableDiffusion:
             assets.check()
         return cls(assets, name=asset_dir.name, threads=threads, synthetic=synthetic, low_memory=low_memory)
 
-    def _weights(self) -> nets.SyntheticWeights | None:
-        """A fresh synthetic weight stream per net, or None to read the .bin files."""
-        return None if self.synthetic is None else self.synthetic.fresh()
+    @property
+    def low_memory(self) -> bool:
+        """Whether only the UNet stays resident between phases (``NetSet``)."""
+        return self.nets.low_memory
 
-    def close(self) -> None:
-        """Release every loaded net."""
-        with self._lock:
-            for _, net in filter(None, (self._unet, self._decoder, self._encoder)):
-                net.close()
-            self._unet = self._decoder = self._encoder = None
-            self.text_encoder.close()
+    @property
+    def text_encoder(self) -> nets.TextEncoder:
+        """The text encoder (reloaded if the low-memory setting released it)."""
+        return self.nets.text_encoder()
 
     def unet(self, width: int, height: int, mode: int, *, guided: bool = True) -> nets.UNet:
-        """The UNet for this size and mode, loaded once; a different one replaces it to bound memory.
-
-        ``guided`` (two passes per step, cfg_scale != 1) loads it for side-by-side pairs when the setting
-        allows; an unguided request gets a UNet on all the threads, since its single pass cannot be split.
-        """
-        side_by_side = self.parallel_guidance and guided and (self.threads or nets.default_threads()) >= 2
-        key = (width, height, mode, side_by_side)
-        if self._unet is None or self._unet[0] != key:
-            if self._unet is not None:
-                self._unet[1].close()
-                self._unet = None
-            self._unet = (
-                key,
-                nets.UNet.load(
-                    self.assets,
-                    width,
-                    height,
-                    mode=mode,
-                    threads=self.threads,
-                    synthetic=self._weights(),
-                    concurrent_pairs=side_by_side,
-                ),
-            )
-        return self._unet[1]
+        """The UNet for this size and mode (``NetSet.unet``)."""
+        return self.nets.unet(width, height, mode, guided=guided)
 
     def decoder(self, width: int, height: int) -> nets.VAEDecoder:
-        """The VAE decoder for this size, loaded once and replaced when the size changes."""
-        key = (width, height)
-        if self._decoder is None or self._decoder[0] != key:
-            if self._decoder is not None:
-                self._decoder[1].close()
-                self._decoder = None
-            self._decoder = (
-                key,
-                nets.VAEDecoder.load(
-                    self.assets,
-                    width,
-                    height,
-                    threads=self.threads,
-                    synthetic=self._weights(),
-                    reference_options=self.low_memory,
-                ),
-            )
-        return self._decoder[1]
+        """The VAE decoder for this size (``NetSet.decoder``)."""
+        return self.nets.decoder(width, height)
 
     def encoder(self, width: int, height: int) -> nets.VAEEncoder:
-        """The VAE encoder for this size, loaded on first edit and replaced when the size changes.
-
-        InvalidRequest (param ``model``) when the model has no encoder (tinydream, or the optional files absent).
-        """
+        """The VAE encoder for this size; InvalidRequest (param ``model``) when the model has none."""
         if not self._can_encode():
             raise InvalidRequest(
                 f"model {self.name!r} cannot edit images: its assets have no VAE encoder "
@@ -265,18 +209,7 @@ class StableDiffusion:
                 param="model",
                 code="model_cannot_edit",
             )
-        key = (width, height)
-        if self._encoder is None or self._encoder[0] != key:
-            if self._encoder is not None:
-                self._encoder[1].close()
-                self._encoder = None
-            self._encoder = (
-                key,
-                nets.VAEEncoder.load(
-                    self.assets, width, height, threads=self.threads, synthetic=self._weights()
-                ),
-            )
-        return self._encoder[1]
+        return self.nets.encoder(width, height)
 
     def _can_encode(self) -> bool:
         """True when the model has the optional VAE encoder (its param suffices with synthetic weights)."""
@@ -285,26 +218,21 @@ class StableDiffusion:
         return "vae_encoder" in self.assets.nets and self.assets.base_param_path("vae_encoder").is_file()
 
     def encode_image(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The VAE latent distribution (mean, std) of (H, W, 3) uint8 pixels; the encoder is released after
-        use in the low-memory setting (it never stays beside the UNet there)."""
+        """The VAE latent distribution (mean, std) of (H, W, 3) uint8 pixels."""
         height, width = pixels.shape[:2]
-        encoder = self.encoder(width, height)
-        mean, std = encoder(pixels_to_encoder(pixels))
-        encoder.release_memory()
-        if self.low_memory:
-            self._release(encoder)
-            self._encoder = None
+        mean, std = self.encoder(width, height)(pixels_to_encoder(pixels))
+        self.nets.after_image_encoding()
         return mean, std
 
     def warm(self, width: int, height: int, mode: int) -> None:
-        """Load the nets this setting keeps between requests: UNet and decoder, or the UNet alone (low memory)."""
+        """Load the nets this setting keeps between requests."""
         with self._lock:
-            if self.low_memory and not self._text_encoder_released:
-                self._release(self.text_encoder)  # never beside the UNet; the next request reloads it
-                self._text_encoder_released = True
-            self.unet(width, height, mode)
-            if not self.low_memory:
-                self.decoder(width, height)
+            self.nets.warm(width, height, mode)
+
+    def close(self) -> None:
+        """Release every loaded net."""
+        with self._lock:
+            self.nets.close()
 
     def prompt_chunks(self, text: str, param: str = "prompt") -> list[PromptChunk]:
         """Tokenize into 77-token chunks; InvalidRequest naming ``param`` past ``max_prompt_chunks``."""
@@ -314,11 +242,6 @@ class StableDiffusion:
         self, chunks: list[PromptChunk], should_cancel: CancelCheck | None = None
     ) -> np.ndarray:
         """Run each chunk through the text encoder, feeding back the previous output as ``cond``."""
-        if self._text_encoder_released:
-            self.text_encoder = nets.TextEncoder.load(
-                self.assets, threads=self.threads, synthetic=self._weights()
-            )
-            self._text_encoder_released = False
         return self.text_encoder.encode(
             [(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks], should_cancel=should_cancel
         )
@@ -352,7 +275,7 @@ class StableDiffusion:
         edit: PreparedEdit | None = None,
     ) -> list[GeneratedImage]:
         start = time.perf_counter()
-        ncnn_before = self._ncnn_seconds()
+        ncnn_before = self.nets.ncnn_seconds
         timings = Timings()
         width, height = (request.width, request.height) if edit is None else edit.work_size
 
@@ -364,10 +287,7 @@ class StableDiffusion:
         uncond_chunks = self.prompt_chunks(request.negative_prompt, "negative_prompt")
         cond = self.encode_chunks(cond_chunks, should_cancel)
         uncond = self.encode_chunks(uncond_chunks, should_cancel)
-        self.text_encoder.release_memory()
-        if self.low_memory:
-            self._release(self.text_encoder)
-            self._text_encoder_released = True
+        self.nets.after_encoding()
         timings.encode = time.perf_counter() - t0
 
         # 1b. An edit encodes its image once for all n images (before the UNet, for the low-memory setting).
@@ -432,8 +352,7 @@ class StableDiffusion:
             latent = sampler(denoise, x, sigmas, rng=rng, callback=callback)
             if z0 is not None and edit is not None and edit.latent_mask is not None:
                 latent = blend_latent(latent, z0, edit.latent_mask)
-            # Peak memory: hand the UNet's activations back before the decoder needs its own.
-            unet.release_memory()
+            self.nets.after_sampling()
             timings.sample += time.perf_counter() - t0
 
             # 6. Decode the latent to pixels and a PNG with its parameters.
@@ -444,11 +363,7 @@ class StableDiffusion:
             pixels = decoder_to_pixels(decode(decoder, latent, request.decode_tile))
             if edit is not None:
                 pixels = finish_pixels(edit, pixels)
-            decoder.release_memory()
-            if self.low_memory:
-                # Never hold the decoder's weights while the UNet samples the next image.
-                self._release(decoder)
-                self._decoder = None
+            self.nets.after_decoding()
             parameters = infotext(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt,
@@ -476,18 +391,6 @@ class StableDiffusion:
             timings.decode += time.perf_counter() - t0
 
         timings.total = time.perf_counter() - start
-        timings.ncnn = self._ncnn_seconds() - ncnn_before
+        timings.ncnn = self.nets.ncnn_seconds - ncnn_before
         self.timings = timings
         return images
-
-    def _ncnn_seconds(self) -> float:
-        """Seconds spent inside ncnn by every loaded net so far."""
-        entries = (self._unet, self._decoder, self._encoder)
-        loaded = [self.text_encoder] + [entry[1] for entry in entries if entry]
-        return self._released_ncnn + sum(net.ncnn_seconds for net in loaded)
-
-    def _release(self, net: nets.NcnnModel) -> None:
-        """Close a net for the low-memory setting, keeping its ncnn time in the totals."""
-        self._released_ncnn += net.ncnn_seconds
-        net.ncnn_seconds = 0.0
-        net.close()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from localai_sd.pipeline.denoiser import CompVisDenoiser, Denoiser
+from localai_sd.pipeline.denoiser import Denoiser, DiscreteSchedule
 
 Callback = Callable[[dict], None]
 Sampler = Callable[..., np.ndarray]
@@ -39,7 +39,7 @@ def _check_steps(n: int) -> None:
         raise ValueError(f"number of steps must be at least 1, got {n}")
 
 
-def get_sigmas_default(n: int, schedule: CompVisDenoiser) -> np.ndarray:
+def get_sigmas_default(n: int, schedule: DiscreteSchedule) -> np.ndarray:
     """The model's own n sigmas (A1111 "Uniform"): t evenly from T-1 down to 0, then 0 (k-diffusion get_sigmas)."""
     _check_steps(n)
     t = np.linspace(len(schedule.log_sigmas) - 1, 0, n)
@@ -60,17 +60,17 @@ def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> np.nda
     return _append_zero(np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n)))
 
 
-def karras_schedule(n: int, schedule: CompVisDenoiser) -> np.ndarray:
+def karras_schedule(n: int, schedule: DiscreteSchedule) -> np.ndarray:
     """Karras sigmas over the model's sigma range."""
     return get_sigmas_karras(n, schedule.sigma_min, schedule.sigma_max)
 
 
-def exponential_schedule(n: int, schedule: CompVisDenoiser) -> np.ndarray:
+def exponential_schedule(n: int, schedule: DiscreteSchedule) -> np.ndarray:
     """Exponential sigmas over the model's sigma range."""
     return get_sigmas_exponential(n, schedule.sigma_min, schedule.sigma_max)
 
 
-SCHEDULES: dict[str, Callable[[int, CompVisDenoiser], np.ndarray]] = {
+SCHEDULES: dict[str, Callable[[int, DiscreteSchedule], np.ndarray]] = {
     "default": get_sigmas_default,
     "karras": karras_schedule,
     "exponential": exponential_schedule,

@@ -177,9 +177,10 @@ def run_text(net: str, text: str, name: str = "fuzz.param") -> None:
 
     from localai_sd.pipeline import nets
     from localai_sd.pipeline.param_check import sd_blob_shapes
+    from localai_sd.testing.synthetic import SyntheticWeights
 
     options = nets.NetOptions(threads=1)
-    loaded = nets.load_net(text, name, nets.SyntheticWeights(0), options, sd_blob_shapes(net, SIZE, SIZE))
+    loaded = nets.load_net(text, name, SyntheticWeights(0), options, sd_blob_shapes(net, SIZE, SIZE))
     latent = np.zeros((4, SIZE // 8, SIZE // 8), np.float32)
     model: nets.NcnnModel
     if net == "text_encoder":
