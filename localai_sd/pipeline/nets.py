@@ -8,105 +8,54 @@ DESIGN notes): CLIP ``token``/``multiplier``/``cond`` -> ``conds``; UNet ``in0``
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import ncnn
 import numpy as np
 
 from localai_sd.errors import AssetError, Cancelled, InvalidRequest, OutOfMemory
 from localai_sd.pipeline.deepcache import find_deep_feature
+from localai_sd.pipeline.netspec import (
+    CONTEXT_LENGTH,
+    EMBED_DIM,
+    LATENT_CHANNELS,
+    NCNN_OUT_OF_MEMORY,
+    VAE_SCALE,
+    VAE_SCALING,
+    NetOptions,
+    WeightReader,
+    Weights,
+    decoder_options,
+    default_threads,
+    unet_options,
+)
 from localai_sd.pipeline.param_check import check_param, sd_blob_shapes
 from localai_sd.pipeline.param_shapes import Shape
-
-#: CLIP context length (tokens per chunk, incl. start/end), and its hidden size (openai/clip-vit-large-patch14).
-CONTEXT_LENGTH = 77
-EMBED_DIM = 768
-#: SD1 latent channels and the VAE scale factor (CompVis configs/stable-diffusion/v1-inference.yaml).
-LATENT_CHANNELS = 4
-VAE_SCALING = 0.18215
-#: Pixels per latent cell.
-VAE_SCALE = 8
-#: ncnn ModelBin type flags (ncnn src/modelbin.cpp): 0 = raw fp32 follows; this one = fp16 follows.
-FLAG_FP32 = 0
-FLAG_FP16 = 0x01306B47
-FLAG_SIZE = 4
-#: What ncnn's forward returns when an allocation fails (ncnn src/net.cpp: "return -100").
-NCNN_OUT_OF_MEMORY = -100
 
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
 _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 
-def default_threads() -> int:
-    """Number of CPU cores available to this process."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class NetOptions:
-    """The ncnn Option fields we set (the reference sets fp16 packed/storage/arithmetic and packing on)."""
-
-    threads: int
-    winograd: bool = True
-    sgemm: bool = True
-    fp16: bool = True
-    bf16_storage: bool = False
-    light_mode: bool = True
-    #: Which winograd tile sizes ncnn may pick when ``winograd`` is on: F(6,3), F(4,3), F(2,3).
-    #: Larger tiles save multiplies but store bigger transformed kernels (8x8 / 6x6 / 4x4 per 3x3).
-    winograd63: bool = True
-    winograd43: bool = True
-    winograd23: bool = True
-
-    def apply(self, opt: ncnn.Option) -> None:
-        """Copy these settings onto an ncnn Option."""
-        opt.use_vulkan_compute = False
-        opt.num_threads = self.threads
-        opt.lightmode = self.light_mode
-        opt.use_winograd_convolution = self.winograd
-        opt.use_sgemm_convolution = self.sgemm
-        opt.use_winograd63_convolution = self.winograd63
-        opt.use_winograd43_convolution = self.winograd43
-        opt.use_winograd23_convolution = self.winograd23
-        opt.use_fp16_packed = self.fp16
-        opt.use_fp16_storage = self.fp16
-        opt.use_fp16_arithmetic = self.fp16
-        opt.use_bf16_storage = self.bf16_storage
-        opt.use_packing_layout = True
-
-
-def unet_options(mode: int, threads: int | None = None) -> NetOptions:
-    """LocalAI/EdVince UNet options: mode 0 = winograd and sgemm conv off, any other mode = on."""
-    if not isinstance(mode, int) or mode < 0:
-        raise InvalidRequest(f"mode {mode!r} is not supported: use 0 (plain conv) or 1 (winograd+sgemm)")
-    fast = mode != 0
-    return NetOptions(threads=threads or default_threads(), winograd=fast, sgemm=fast)
-
-
-def decoder_options(threads: int | None = None, *, reference: bool = False) -> NetOptions:
-    """VAE options: winograd+sgemm on (measured ~5x faster, same output), or the reference's (off, bf16)."""
-    if reference:
-        return NetOptions(
-            threads=threads or default_threads(), winograd=False, sgemm=False, bf16_storage=True
-        )
-    return NetOptions(threads=threads or default_threads())
-
-
-class WeightReader(Protocol):
-    """A source of weights other than a .bin file: fills each buffer ncnn asks for, in load order."""
-
-    def read_into(self, buffer: memoryview) -> None: ...
-
-
-#: Where a net's weights come from: a .bin file, or a reader (synthetic weights in tests and benchmarks).
-Weights = Path | WeightReader
+def apply_options(options: NetOptions, opt: ncnn.Option) -> None:
+    """Copy our options onto an ncnn Option."""
+    opt.use_vulkan_compute = False
+    opt.num_threads = options.threads
+    opt.lightmode = options.light_mode
+    opt.use_winograd_convolution = options.winograd
+    opt.use_sgemm_convolution = options.sgemm
+    opt.use_winograd63_convolution = options.winograd63
+    opt.use_winograd43_convolution = options.winograd43
+    opt.use_winograd23_convolution = options.winograd23
+    opt.use_fp16_packed = options.fp16
+    opt.use_fp16_storage = options.fp16
+    opt.use_fp16_arithmetic = options.fp16
+    opt.use_bf16_storage = options.bf16_storage
+    opt.use_packing_layout = True
 
 
 class _ReaderAdapter(ncnn.DataReader):
@@ -142,7 +91,7 @@ def load_net(
     """
     check_param(param_text, param_name, blob_shapes)
     net = ncnn.Net()
-    options.apply(net.opt)
+    apply_options(options, net.opt)
     _check(net.load_param_mem(param_text), f"asset file {param_name!r} is not a valid ncnn .param")
     if not isinstance(weights, Path):
         _check(net.load_model(_ReaderAdapter(weights)), f"the weight reader does not fit {param_name!r}")
@@ -161,7 +110,7 @@ def load_net(
 def stream_weights(param_text: str, reader: WeightReader, name: str = "param") -> None:
     """Load ``param_text`` with plain fp32 options and feed its weights from ``reader`` (the .bin layout)."""
     net = ncnn.Net()
-    NetOptions(threads=1, winograd=False, sgemm=False, fp16=False).apply(net.opt)
+    apply_options(NetOptions(threads=1, winograd=False, sgemm=False, fp16=False), net.opt)
     net.opt.use_packing_layout = False
     try:
         _check(net.load_param_mem(param_text), f"{name}: ncnn cannot parse this .param")

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from localai_sd.pipeline.netspec import FLAG_FP16
+
 #: Magic number of a text .param (ncnn net.cpp).
 PARAM_MAGIC = 7767517
-#: ncnn ModelBin flag meaning "fp16 data follows" (ncnn src/modelbin.cpp).
-FLAG_FP16 = 0x01306B47
 WEIGHT_ALIGN = 4
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from localai_sd.errors import AssetError
 from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import LOG_SIGMAS, STABLEDIFFUSION_NETS, VOCAB, read_text
-from localai_sd.pipeline.nets import FLAG_FP16, FLAG_FP32, FLAG_SIZE
+from localai_sd.pipeline.netspec import FLAG_FP16, FLAG_FP32, FLAG_SIZE
 
 #: Byte sizes of the EdVince release .bin files (LocalAI gallery stablediffusion.yaml downloads).
 REAL_BIN_SIZES = {
