@@ -102,7 +102,10 @@ def test_tinydream_backend(tiny_models: Path, tmp_path: Path) -> None:
         (("--size", "500x500"), "size '500x500' is not supported"),
         (("--size", "big"), "size 'big' must have the form WIDTHxHEIGHT"),
         (("--step", "0"), "step 0 must be an integer of at least 1"),
-        (("--mode", "2"), "mode 2 must be 0"),
+        (("--mode", "-1"), "mode '-1' must be 0"),
+        (("--mode", "fast"), "mode 'fast' must be 0"),
+        (("--strength", "0.5"), "--strength needs --image"),
+        (("--guidance-interval", "1"), "guidance_interval '1' must be two numbers"),
         (("--sampler", "euler_b"), "sampler 'euler_b' is unknown"),
         (("--seed", "-5"), "seed -5 must be an integer from 0"),
         (("--model", "missing"), "model 'missing' not found"),
@@ -195,3 +198,86 @@ def test_low_memory_gives_an_image(tiny_models: Path, tmp_path: Path) -> None:
     )
     assert code == 0, output
     assert Image.open(out).size == (128, 128)
+
+
+def smooth_picture(width: int, height: int) -> Image.Image:
+    """A smooth random picture."""
+    import numpy as np
+
+    small = np.random.default_rng(3).integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+
+
+def test_mode_auto_is_the_default_and_printed_and_written(tiny_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "auto.png"
+    budget = ("--max-memory", "64G")  # room for fast convolutions whatever this machine's RAM
+    code, output = generate(tiny_models, out, "--size", "64x64", "--step", "1", "--seed", "1", *budget)
+    assert code == 0, output
+    assert "mode: 1 (auto)" in output
+    assert "Mode: 1 (auto)" in read_png_parameters(out.read_bytes())
+    code, output = generate(tiny_models, out, "--size", "64x64", "--step", "1", "--seed", "1", "--mode", "2")
+    assert code == 0 and "mode: 1," in output  # LocalAI's rule: any positive value is fast
+    parameters = read_png_parameters(out.read_bytes())
+    assert "Mode: 1" in parameters and "(auto)" not in parameters
+
+
+def test_mode_auto_is_plain_when_the_budget_is_too_small_for_fast(tiny_models: Path, tmp_path: Path) -> None:
+    """The estimate of 256x256 mode 1 is ~7 GB and of mode 0 ~4.6 GB: a 6G budget picks plain."""
+    out = tmp_path / "plain.png"
+    code, output = generate(tiny_models, out, "--size", "256x256", "--step", "1", "--max-memory", "6G")
+    assert code == 0, output
+    assert "mode: 0 (auto)" in output and "Mode: 0 (auto)" in read_png_parameters(out.read_bytes())
+
+
+def test_seed_minus_one_and_a1111_sampler_name(tiny_models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.png"
+    code, output = generate(
+        tiny_models, out, "--size", "64x64", "--step", "2", "--seed", "-1", "--sampler", "DPM++ 2M Karras"
+    )
+    assert code == 0, output
+    assert "(random)" in output
+    parameters = read_png_parameters(out.read_bytes())
+    assert "Sampler: DPM++ 2M" in parameters and "Schedule type: Karras" in parameters
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".jpg", b"\xff\xd8\xff"), (".webp", b"RIFF")])
+def test_output_extension_picks_the_format_with_parameters_in_exif(
+    tiny_models: Path, tmp_path: Path, suffix: str, magic: bytes
+) -> None:
+    from localai_sd.pipeline.output import read_parameters
+
+    out = tmp_path / f"cat{suffix}"
+    code, output = generate(tiny_models, out, "--size", "64x64", "--step", "1", "--seed", "3")
+    assert code == 0, output
+    data = out.read_bytes()
+    assert data.startswith(magic)
+    assert read_parameters(data).startswith("a photo of a cat\nNegative prompt: blurry\n")
+
+
+def test_img2img_takes_the_image_size_and_inpainting_keeps_pixels(tiny_models: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    photo = tmp_path / "photo.jpg"
+    smooth_picture(200, 150).save(photo)
+    out = tmp_path / "edit.png"
+    code, output = generate(tiny_models, out, "--image", str(photo), "--strength", "0.5", "--step", "2")
+    assert code == 0, output
+    assert Image.open(out).size == (192, 128)  # fitted: multiples of 64
+    assert "Denoising strength: 0.5" in read_png_parameters(out.read_bytes())
+
+    source = tmp_path / "source.png"
+    smooth_picture(128, 128).save(source)
+    mask = Image.new("L", (64, 64), 0)  # another size: resized, with a warning
+    mask.paste(255, (16, 16, 32, 32))
+    mask.save(tmp_path / "mask.png")
+    args = ("--image", str(source), "--mask", str(tmp_path / "mask.png"), "--step", "2", "--mask-blur", "2")
+    code, output = generate(tiny_models, out, *args)
+    assert code == 0, output
+    assert "warning:" in output and "resized" in output
+    kept, result = np.asarray(Image.open(source)), np.asarray(Image.open(out))
+    np.testing.assert_array_equal(result[96:, :], kept[96:, :])  # far below the hole (32..64 at 128 px)
+
+
+def test_a_missing_image_is_one_line(tiny_models: Path, tmp_path: Path) -> None:
+    code, output = generate(tiny_models, tmp_path / "x.png", "--image", str(tmp_path / "nope.png"))
+    assert code == 1 and "cannot read" in output and "Traceback" not in output

@@ -19,21 +19,22 @@ from rich.progress import (
 from rich.table import Table
 
 from localai_sd.cli.app import handle_errors, stderr_console
-from localai_sd.errors import OutputError
+from localai_sd.errors import InvalidRequest, OutputError
+from localai_sd.intake import RawRequest, admit_for, build_request
 from localai_sd.models import load_config
-from localai_sd.pipeline.output import write_file_atomic
-from localai_sd.pipeline.request import GenerationRequest
-from localai_sd.pipeline.sampler_names import resolve_sampler, resolve_schedule, sampler_rows
-from localai_sd.settings import Settings
-
-#: A1111, sd.cpp and LocalAI spell "a random seed" as -1.
-RANDOM_SEED = -1
+from localai_sd.pipeline.img2img import EditSpec, prepare_edit
+from localai_sd.pipeline.memory import resolve_budget
+from localai_sd.pipeline.output import DEFAULT_COMPRESSION, format_for_path, render, write_file_atomic
+from localai_sd.pipeline.request import Limits
+from localai_sd.pipeline.sampler_names import sampler_rows
+from localai_sd.settings import Settings, parse_memory_size
 
 
 def output_paths(output: Path | None, seeds: list[int]) -> list[Path]:
     """One path per image: ``{seed}`` in the name is filled in; several images get ``-<seed>`` added."""
     if output is None:
         return [Path(f"sd-{seed}.png") for seed in seeds]
+    # The extension picks the format (.png, .jpg/.jpeg, .webp); several images share it.
     if "{seed}" in output.name:
         return [output.with_name(output.name.replace("{seed}", str(seed))) for seed in seeds]
     if len(seeds) == 1:
@@ -57,11 +58,23 @@ def generate(
     prompt: Annotated[
         str, typer.Argument(help="The prompt; text after the first '|' is the negative prompt.")
     ],
-    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT, both multiples of 64.")] = "512x512",
+    size: Annotated[
+        str | None,
+        typer.Option(
+            help="WIDTHxHEIGHT, both multiples of 64, or auto [default: the model's, else 512x512; "
+            "with --image, the image's size fitted to 1024]"
+        ),
+    ] = None,
     step: Annotated[
         int | None, typer.Option("--step", "--steps", help="Sampling steps (default 15).")
     ] = None,
-    mode: Annotated[int, typer.Option(help="0: low memory; 1: winograd/sgemm convolutions (faster).")] = 0,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: fast convolutions when --max-memory allows them at this size; 0: plain (least "
+            "memory); 1 (any positive number): winograd/sgemm (faster) [default: the model's, else auto]"
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="0 … 2**32-1; random when omitted or -1 (the seed used is printed).")
     ] = None,
@@ -69,18 +82,68 @@ def generate(
         str | None, typer.Option("--negative-prompt", help="Negative prompt (joined to any text after '|').")
     ] = None,
     sampler: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="euler_a, dpmpp_2m, ... or A1111/sd.cpp names ('Euler a', 'DPM++ 2M Karras'); 'list' lists them."
         ),
-    ] = "euler_a",
+    ] = None,
     schedule: Annotated[
         str | None, typer.Option(help="default (the reference's), karras or exponential.")
     ] = None,
-    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
-    n: Annotated[int, typer.Option(help="Number of images; they use seed, seed+1, ...")] = 1,
+    cfg_scale: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance scale [default: the model's, else 7.5].")
+    ] = None,
+    n: Annotated[int | None, typer.Option(help="Number of images; they use seed, seed+1, ...")] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="PNG path; '{seed}' is replaced by the seed.")
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Image path: .png, .jpg/.jpeg or .webp (parameters in EXIF); '{seed}' is replaced by the seed.",
+        ),
+    ] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Edit this image (PNG, JPEG, WebP): img2img, or inpainting.")
+    ] = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(help="How much of the image is redrawn, (0, 1] [default 0.75; 1.0 for a transparent hole]."),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option("--mask", help="Inpainting mask: transparent (alpha < 128) or white pixels are repainted."),
+    ] = None,
+    mask_blur: Annotated[
+        float | None, typer.Option("--mask-blur", help="Feather of the pasted-back edge, pixels [default 4].")
+    ] = None,
+    inpaint_only_masked: Annotated[
+        bool,
+        typer.Option("--inpaint-only-masked", help="Process only the mask's box (plus --padding): faster."),
+    ] = False,
+    padding: Annotated[
+        int | None, typer.Option(help="Pixels around the mask's box for --inpaint-only-masked [default 32].")
+    ] = None,
+    mask_invert: Annotated[bool, typer.Option("--mask-invert", help="Repaint the other side of the mask.")] = False,
+    guidance_interval: Annotated[
+        str | None,
+        typer.Option(help="LO,HI: guidance only at sigmas in (LO, HI], e.g. 0.28,5.42 (fewer UNet runs)."),
+    ] = None,
+    s_min_uncond: Annotated[
+        float | None, typer.Option("--s-min-uncond", help="A1111's NGMS: skip the uncond pass below this sigma.")
+    ] = None,
+    s_min_uncond_all: Annotated[
+        bool, typer.Option("--s-min-uncond-all", help="With --s-min-uncond: skip it at every step, not alternate.")
+    ] = False,
+    deepcache_interval: Annotated[
+        int | None, typer.Option("--deepcache-interval", help="DeepCache: a full UNet every N steps (1 is off).")
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            envvar="MAX_MEMORY",
+            help="Refuse a request estimated to need more memory, e.g. 12G; auto mode picks by it [default: 85% of RAM]",
+        ),
     ] = None,
     model: Annotated[str, typer.Option(help="Model name: <models-path>/<model>.yaml.")] = "stablediffusion",
     models_path: Annotated[Path, typer.Option(envvar="MODELS_PATH", help="Where models live.")] = Path(
@@ -97,41 +160,64 @@ def generate(
         Path | None, typer.Option(envvar="PRELOAD_MODELS_CONFIG", help="YAML/JSON file of install requests.")
     ] = None,
 ) -> None:
-    """Generate images from a prompt and write them as PNG files."""
+    """Generate images from a prompt (or edit --image) and write them as PNG, JPEG or WebP files."""
     from localai_sd.cli.gallery import ensure_model, run_preload
     from localai_sd.pipeline.pipeline import StableDiffusion
 
-    if sampler.strip().lower() == "list":
+    if sampler is not None and sampler.strip().lower() == "list":
         print_samplers()
         return
     console = stderr_console()
-    choice = resolve_sampler(sampler)
     settings = Settings.from_env(
         models_path=models_path,
         threads=threads,
         low_memory=low_memory or None,
         preload_models=preload_models,
         preload_models_config=preload_models_config,
+        max_memory_bytes=parse_memory_size(max_memory, "--max-memory") if max_memory else None,
+    )
+    edit = read_edit(image, mask, strength, mask_blur, inpaint_only_masked, padding, mask_invert)
+    raw = RawRequest(
+        prompt,
+        negative_prompt=negative_prompt,
+        size=size,
+        step=step,
+        mode=mode,
+        seed=seed,
+        sampler=sampler,
+        schedule=schedule,
+        cfg_scale=cfg_scale,
+        n=n,
+        guidance_interval=parse_pair(guidance_interval, "guidance_interval"),
+        s_min_uncond=s_min_uncond,
+        s_min_uncond_all=s_min_uncond_all,
+        deepcache_interval=deepcache_interval,
     )
     run_preload(settings, console)
     ensure_model(settings, model, console)
     config = load_config(settings.models_path, model)
-    request = GenerationRequest.create(
-        prompt,
-        negative_prompt=negative_prompt,
-        size=size,
-        steps=step if step is not None else config.step,
-        mode=mode,
-        seed=None if seed == RANDOM_SEED else seed,
-        sampler=choice.sampler,
-        schedule=resolve_schedule(schedule) if schedule is not None else choice.schedule,
-        cfg_scale=cfg_scale,
-        n=n,
+    request = build_request(
+        raw,
+        config=config,
+        limits=Limits.from_settings(settings),
+        default_mode=settings.default_mode,
+        image_size=None if edit is None else edit.image.size,
+    )
+    notes = () if edit is None else prepare_edit(edit, request.width, request.height).warnings
+    request = admit_for(
+        request,
+        resolve_budget(settings.max_memory_bytes),
+        low_memory=settings.low_memory,
+        threads=settings.threads,
+        backend=config.backend,
     )
     paths = output_paths(output, request.seeds)
     check_writable(paths)
     if request.seed_was_random:
         console.print(f"seed: {request.seed} (random)")
+    console.print(f"mode: {request.mode_label}, size: {request.size}")
+    for note in notes:
+        console.print(f"[yellow]warning:[/yellow] {note}")
 
     with console.status(f"loading model {model!r}…"):
         sd = StableDiffusion.load(
@@ -159,10 +245,60 @@ def generate(
                 description=f"image {event.index + 1}/{event.n}",
             )
 
-        images = sd.generate(request, on_step=on_step)
-    for image, path in zip(images, paths, strict=True):
-        write_file_atomic(path, image.png)
-        typer.echo(f"{path} (seed {image.seed})")
+        images = sd.generate(request, on_step=on_step, edit=edit)
+    extras: dict[str, object] = {"Mode": request.mode_label}
+    for result, path in zip(images, paths, strict=True):
+        write_file_atomic(path, encode_output(result.png, path, extras))
+        typer.echo(f"{path} (seed {result.seed})")
+
+
+def encode_output(png: bytes, path: Path, extras: dict[str, object]) -> bytes:
+    """The image in the format ``path``'s extension names, with ``extras`` in its parameters."""
+    return render(png, format_for_path(path), DEFAULT_COMPRESSION, extras)
+
+
+def parse_pair(text: str | None, param: str) -> list[float] | None:
+    """``LO,HI`` as two floats; InvalidRequest naming ``param`` otherwise."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidRequest(f"{param} {text!r} must be two numbers LO,HI such as 0.28,5.42", param=param) from None
+    return [lo, hi]
+
+
+def read_edit(
+    image: Path | None,
+    mask: Path | None,
+    strength: float | None,
+    mask_blur: float | None,
+    inpaint_only_masked: bool,
+    padding: int | None,
+    mask_invert: bool,
+) -> EditSpec | None:
+    """The edit the image flags ask for (decoded and checked now), or None for txt2img."""
+    if image is None:
+        if mask is not None or strength is not None:
+            what = "--mask" if mask is not None else "--strength"
+            raise InvalidRequest(f"{what} needs --image: the picture to edit", param="image")
+        return None
+    settings: dict[str, object] = {"inpaint_only_masked": inpaint_only_masked, "mask_invert": mask_invert}
+    if mask_blur is not None:
+        settings["mask_blur"] = mask_blur
+    if padding is not None:
+        settings["padding"] = padding
+    return EditSpec.from_bytes(
+        read_input(image), None if mask is None else read_input(mask), strength=strength, **settings
+    )
+
+
+def read_input(path: Path) -> bytes:
+    """An input file's bytes; a missing or unreadable file is an InvalidRequest naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}", param="image") from None
 
 
 def print_samplers() -> None:
