@@ -103,15 +103,20 @@ def generate(
         ),
     ] = None,
     image: Annotated[
-        Path | None, typer.Option("--image", help="Edit this image (PNG, JPEG, WebP): img2img, or inpainting.")
+        Path | None,
+        typer.Option("--image", help="Edit this image (PNG, JPEG, WebP): img2img, or inpainting."),
     ] = None,
     strength: Annotated[
         float | None,
-        typer.Option(help="How much of the image is redrawn, (0, 1] [default 0.75; 1.0 for a transparent hole]."),
+        typer.Option(
+            help="How much of the image is redrawn, (0, 1] [default 0.75; 1.0 for a transparent hole]."
+        ),
     ] = None,
     mask: Annotated[
         Path | None,
-        typer.Option("--mask", help="Inpainting mask: transparent (alpha < 128) or white pixels are repainted."),
+        typer.Option(
+            "--mask", help="Inpainting mask: transparent (alpha < 128) or white pixels are repainted."
+        ),
     ] = None,
     mask_blur: Annotated[
         float | None, typer.Option("--mask-blur", help="Feather of the pasted-back edge, pixels [default 4].")
@@ -123,19 +128,24 @@ def generate(
     padding: Annotated[
         int | None, typer.Option(help="Pixels around the mask's box for --inpaint-only-masked [default 32].")
     ] = None,
-    mask_invert: Annotated[bool, typer.Option("--mask-invert", help="Repaint the other side of the mask.")] = False,
+    mask_invert: Annotated[
+        bool, typer.Option("--mask-invert", help="Repaint the other side of the mask.")
+    ] = False,
     guidance_interval: Annotated[
         str | None,
         typer.Option(help="LO,HI: guidance only at sigmas in (LO, HI], e.g. 0.28,5.42 (fewer UNet runs)."),
     ] = None,
     s_min_uncond: Annotated[
-        float | None, typer.Option("--s-min-uncond", help="A1111's NGMS: skip the uncond pass below this sigma.")
+        float | None,
+        typer.Option("--s-min-uncond", help="A1111's NGMS: skip the uncond pass below this sigma."),
     ] = None,
     s_min_uncond_all: Annotated[
-        bool, typer.Option("--s-min-uncond-all", help="With --s-min-uncond: skip it at every step, not alternate.")
+        bool,
+        typer.Option("--s-min-uncond-all", help="With --s-min-uncond: skip it at every step, not alternate."),
     ] = False,
     deepcache_interval: Annotated[
-        int | None, typer.Option("--deepcache-interval", help="DeepCache: a full UNet every N steps (1 is off).")
+        int | None,
+        typer.Option("--deepcache-interval", help="DeepCache: a full UNet every N steps (1 is off)."),
     ] = None,
     max_memory: Annotated[
         str | None,
@@ -264,7 +274,9 @@ def parse_pair(text: str | None, param: str) -> list[float] | None:
     try:
         lo, hi = (float(part) for part in text.split(","))
     except ValueError:
-        raise InvalidRequest(f"{param} {text!r} must be two numbers LO,HI such as 0.28,5.42", param=param) from None
+        raise InvalidRequest(
+            f"{param} {text!r} must be two numbers LO,HI such as 0.28,5.42", param=param
+        ) from None
     return [lo, hi]
 
 
