@@ -21,6 +21,8 @@ from rich.table import Table
 from localai_sd.cli.app import handle_errors, stderr_console
 from localai_sd.errors import InvalidRequest, OutputError
 from localai_sd.intake import RawRequest, admit_for, build_request
+from localai_sd.jobs import events as job_events
+from localai_sd.jobs.steps import step_listener
 from localai_sd.models import load_config
 from localai_sd.pipeline.img2img import EditSpec, prepare_edit
 from localai_sd.pipeline.memory import resolve_budget
@@ -247,15 +249,14 @@ def generate(
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("sampling", total=request.n * request.steps)
 
-        def on_step(event) -> None:
-            progress.update(
-                task,
-                completed=event.index * event.steps + event.step,
-                total=request.n * event.steps,
-                description=f"image {event.index + 1}/{event.n}",
-            )
+        def render(event: job_events.Event, done: int) -> None:
+            """Show a job ``progress`` event on the bar."""
+            if isinstance(event, job_events.Progress):
+                total = event.images * event.steps
+                description = f"image {event.image}/{event.images}"
+                progress.update(task, completed=done, total=total, description=description)
 
-        images = sd.generate(request, on_step=on_step, edit=edit)
+        images = sd.generate(request, on_step=step_listener(render), edit=edit)
     extras: dict[str, object] = {"Mode": request.mode_label}
     for result, path in zip(images, paths, strict=True):
         write_file_atomic(path, encode_output(result.png, path, extras))

@@ -13,7 +13,6 @@ routes, the SSE stream and OpenAI streaming read by cursor.
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 import uuid
@@ -28,9 +27,9 @@ from localai_sd.jobs import events as ev
 from localai_sd.jobs.backend import JobNotFound
 from localai_sd.jobs.events import Record
 from localai_sd.jobs.log import EventLog
+from localai_sd.jobs.steps import step_listener
 from localai_sd.models import ModelConfig
-from localai_sd.pipeline.pipeline import GeneratedImage, StepEvent
-from localai_sd.pipeline.preview import preview_png
+from localai_sd.pipeline.pipeline import GeneratedImage, StepCallback, StepEvent
 from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.server.installs import InstallJobs, InstallStatus, human_size
 
@@ -61,7 +60,7 @@ class GenerationJob:
     #: Whether each step publishes a preview PNG (needs the pipeline's ``denoised``).
     previews: bool = True
     log: EventLog = field(init=False)
-    started: float | None = None
+    _listener: StepCallback | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         """An empty event log that keeps the asked previews."""
@@ -82,21 +81,16 @@ class GenerationJob:
 
     def begin(self) -> None:
         """The job left the queue: start the clock and publish step 0."""
-        self.state, self.started = RUNNING, time.monotonic()
+        self.state = RUNNING
+        self._listener = step_listener(self.publish, previews=self.previews)
         self.publish(ev.Progress(1, self.request.n, 0, self.request.steps))
 
     def on_step(self, event: StepEvent) -> None:
         """Record the pipeline's progress; publish it, with a preview of the x0 estimate when known."""
         self.index, self.step = event.index, event.step
-        done = event.index * event.steps + event.step
-        elapsed = time.monotonic() - (self.started or time.monotonic())
-        eta = ev.eta_seconds(elapsed, done, event.n * event.steps)
-        self.publish(ev.Progress(event.index + 1, event.n, event.step, event.steps, eta))
-        if self.previews and event.denoised is not None:
-            png, width, height = preview_png(event.denoised)
-            b64 = base64.b64encode(png).decode("ascii")
-            preview = ev.Preview(event.index + 1, event.step, event.steps, width, height, b64)
-            self.publish(preview, global_step=done)
+        if self._listener is None:
+            self._listener = step_listener(self.publish, previews=self.previews)
+        self._listener(event)
 
     def progress(self) -> float:
         """Percent done over all n images and steps, 0-100."""
