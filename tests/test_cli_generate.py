@@ -222,9 +222,15 @@ def test_mode_auto_is_the_default_and_printed_and_written(tiny_models: Path, tmp
 
 
 def test_mode_auto_is_plain_when_the_budget_is_too_small_for_fast(tiny_models: Path, tmp_path: Path) -> None:
-    """The estimate of 256x256 mode 1 is ~7 GB and of mode 0 ~4.6 GB: a 6G budget picks plain."""
+    """A budget that fits the estimate of 256x256 in mode 0 but not in mode 1 picks plain."""
+    from localai_sd.pipeline import memory
+
+    setup = memory.Setup()  # the CLI's: 2 lanes at cfg 7.5 on 2+ threads, the stablediffusion -opt sizes
+    budget = memory.plan(256, 256, 0, setup, 10**15).peak
+    assert memory.plan(256, 256, 1, setup, budget).peak > budget
     out = tmp_path / "plain.png"
-    code, output = generate(tiny_models, out, "--size", "256x256", "--step", "1", "--max-memory", "6G")
+    args = ("--size", "256x256", "--step", "1", "--max-memory", str(budget), "--threads", "2")
+    code, output = generate(tiny_models, out, *args)
     assert code == 0, output
     assert "mode: 0 (auto)" in output and "Mode: 0 (auto)" in read_png_parameters(out.read_bytes())
 
