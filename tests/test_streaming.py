@@ -140,3 +140,23 @@ def test_events_round_trip_as_plain_dicts() -> None:
     done = ev.Done((1, 2), 64, 64)
     assert ev.from_dict(json.loads(json.dumps(ev.to_dict(done)))) == done
     assert ev.to_dict(ev.Queued(3)) == {"type": "queued", "position": 3}
+
+
+@pytest.mark.slow
+def test_real_architecture_streams_256_three_steps_with_two_partials(
+    synthetic_models: Path, tmp_path: Path
+) -> None:
+    settings = Settings(models_path=synthetic_models, image_path=tmp_path / "images", threads=2)
+    with live_server(with_stream_route(create_app(settings))) as url:
+        client = openai.OpenAI(base_url=url + TEST_PREFIX, api_key="unused", max_retries=0, timeout=900)
+        stream = client.images.generate(
+            prompt="a watercolor fox",
+            size="256x256",  # type: ignore[arg-type]
+            stream=True,
+            partial_images=2,
+            extra_body={"steps": 3, "seed": 1234, "mode": 1},
+        )
+        events = list(stream)
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    for event in events:
+        assert png_size(base64.b64decode(event.b64_json)) == (256, 256)
