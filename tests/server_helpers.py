@@ -151,8 +151,9 @@ class SlowPipeline:
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        **options: object,
     ) -> list[GeneratedImage]:
-        """Generate with the real nets, sleeping ``seconds`` after each step (cancellable meanwhile)."""
+        """Generate with the real nets (``options`` such as ``edit`` passed on), pausing after each step."""
 
         def slow_step(event: StepEvent) -> None:
             if on_step is not None:
@@ -161,7 +162,9 @@ class SlowPipeline:
             while time.monotonic() < deadline and not (should_cancel is not None and should_cancel()):
                 time.sleep(0.01)
 
-        return self.inner.generate(request, on_step=slow_step, should_cancel=should_cancel)  # type: ignore[attr-defined]
+        return self.inner.generate(  # type: ignore[attr-defined]
+            request, on_step=slow_step, should_cancel=should_cancel, **options
+        )
 
     def close(self) -> None:
         """Close the real pipeline."""

@@ -163,3 +163,36 @@ def test_a_model_installs_from_the_gallery_with_progress(browser: object, galler
         assert page.locator("#model option[value='sd-tiny']").count() == 1
     finally:
         context.close()
+
+
+def test_image_to_image_with_a_painted_mask(page: object, studio: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(source)
+    if httpx.post(f"{studio}/v1/images/edits").status_code == 404:
+        pytest.skip("this server has no /v1/images/edits route")
+    fill_form(page, "a blue square", (64, 64), 2)
+    page.click("#img2img summary")  # type: ignore[attr-defined]
+    page.set_input_files("#init-image", str(source))  # type: ignore[attr-defined]
+    canvas = page.locator("#mask-canvas")  # type: ignore[attr-defined]
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # type: ignore[attr-defined]
+    page.mouse.down()  # type: ignore[attr-defined]
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.8)  # type: ignore[attr-defined]
+    page.mouse.up()  # type: ignore[attr-defined]
+    page.click("#generate")  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "document.querySelector('#outputs figure img') || document.querySelector('#form-error').textContent"
+        " || [...document.querySelectorAll('.field-error')].some(e => e.textContent)"
+    )
+    errors = page.eval_on_selector_all(
+        ".field-error, #form-error", "els => els.map(e => e.textContent).join('')"
+    )  # type: ignore[attr-defined]
+    assert errors == ""
+    page.wait_for_function("document.querySelector('#outputs figure img').naturalWidth > 0")  # type: ignore[attr-defined]
+    natural = page.eval_on_selector(  # type: ignore[attr-defined]
+        "#outputs figure img", "img => [img.naturalWidth, img.naturalHeight]"
+    )
+    assert natural == [64, 64]
