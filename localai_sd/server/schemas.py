@@ -7,9 +7,18 @@ client sends explicit ``None`` as JSON ``null`` (openai-python ``_base_client``)
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 from starlette.requests import Request
 
 from localai_sd.server.errors import ApiError, validation_error
@@ -32,6 +41,18 @@ class ResponseFormatObject(BaseModel):
     type: str | None = None
 
 
+def _no_bool(value: object) -> object:
+    """Refuse JSON true/false where a number belongs (pydantic would read true as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+#: Numbers that are never booleans; form text ("5", "0.5") still converts.
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+
+
 def _split_pair(value: object) -> object:
     """A form's ``guidance_interval`` as ``lo,hi`` text -> [lo, hi] (JSON sends the list itself)."""
     if isinstance(value, str):
@@ -49,29 +70,29 @@ class ExtensionFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     negative_prompt: str | None = None
-    n: int | None = None
+    n: Int | None = None
     size: str | None = None
     response_format: str | ResponseFormatObject | None = None
     model: str | None = None
     #: LocalAI's name is ``step``; ``steps`` is accepted too.
-    step: int | None = None
-    steps: int | None = None
+    step: Int | None = None
+    steps: Int | None = None
     mode: StrictInt | StrictStr | None = None
-    seed: int | None = None
+    seed: Int | None = None
     sampler: str | None = None
     schedule: str | None = None
-    cfg_scale: float | None = None
+    cfg_scale: Float | None = None
     #: Fewer UNet evaluations (issue 13): guidance only for lo < sigma <= hi; A1111's s_min_uncond; DeepCache.
-    guidance_interval: list[float] | None = None
-    s_min_uncond: float | None = None
+    guidance_interval: list[Float] | None = None
+    s_min_uncond: Float | None = None
     s_min_uncond_all: bool | None = None
-    deepcache_interval: int | None = None
+    deepcache_interval: Int | None = None
     #: OpenAI's output encoding: png, jpeg or webp, and the JPEG/WebP quality 0-100 (default 100).
     output_format: Literal["png", "jpeg", "webp"] | None = None
-    output_compression: int | None = Field(default=None, ge=0, le=100)
+    output_compression: Int | None = Field(default=None, ge=0, le=100)
     #: OpenAI streaming (``stream: true``), routed to ``routes_images.stream_hook``.
     stream: bool | None = None
-    partial_images: int | None = Field(default=None, ge=0, le=3)
+    partial_images: Int | None = Field(default=None, ge=0, le=3)
     #: Accepted and ignored, as LocalAI does.
     user: Any = None
     quality: Any = None
@@ -119,17 +140,17 @@ class ImageGenerationBody(ExtensionFields):
 
     prompt: str
     file: str | None = None
-    strength: float | None = None
+    strength: Float | None = None
 
 
 class ImageEditFields(ExtensionFields):
     """The text fields of ``POST /v1/images/edits`` and ``/v1/images/variations`` (multipart form)."""
 
     prompt: str | None = None
-    strength: float | None = None
-    mask_blur: float | None = None
+    strength: Float | None = None
+    mask_blur: Float | None = None
     inpaint_only_masked: bool | None = None
-    padding: int | None = None
+    padding: Int | None = None
     mask_invert: bool | None = None
     input_fidelity: Any = None
 
