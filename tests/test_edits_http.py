@@ -167,7 +167,7 @@ def bomb() -> bytes:
         ({"image": ("a.png", encode(picture(64, 64)), "image/png")}, {}, "prompt", 400),
         ({"image": ("a.png", encode(picture(64, 64)), "image/png")}, {"prompt": "x", "mode": "true"}, "mode", 400),
         ({"image": ("a.png", encode(picture(64, 64)), "image/png")}, {"prompt": "x", "output_format": "gif"}, "output_format", 400),
-        ({"image": ("a.png", encode(picture(64, 64)), "image/png")}, {"prompt": "x", "stream": "true"}, "stream", 400),
+        ({"image": ("a.png", encode(picture(64, 64)), "image/png")}, {"prompt": "x", "partial_images": "4"}, "partial_images", 400),
         ({"image": ("a.png", encode(picture(64, 64)), "image/png"), "mask": ("m.png", b"junk", "image/png")}, {"prompt": "x"}, "mask", 400),
     ],
 )  # fmt: skip
@@ -221,12 +221,28 @@ def test_bad_file_field_is_400_and_never_fetched(served, file: str, param: str) 
     assert stored_files(images) == []
 
 
-def test_stream_true_is_400_naming_stream_until_wired(served) -> None:
+def test_edit_streams_partial_images_then_completed(served) -> None:
+    """``stream: true`` on edits answers OpenAI's ``image_edit.*`` server-sent events."""
+    import json
+
     _, url, _ = served
-    body = {"prompt": "x", "size": "64x64", "step": 1, "stream": True, "partial_images": 1}
-    response = httpx.post(f"{url}/v1/images/generations", json=body)
-    assert response.status_code == 400 and response.json()["error"]["param"] == "stream"
-    assert httpx.get(f"{url}/v1/images/jobs").json()["data"] == []
+    files = {"image": ("a.png", encode(picture(64, 64)), "image/png")}
+    fields = {
+        "prompt": "x",
+        "step": "4",
+        "stream": "true",
+        "partial_images": "2",
+        "response_format": "b64_json",
+    }
+    with httpx.stream("POST", f"{url}/v1/images/edits", files=files, data=fields, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith(
+            "text/event-stream"
+        )
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    kinds = [event["type"] for event in events]
+    assert kinds == ["image_edit.partial_image", "image_edit.partial_image", "image_edit.completed"]
+    assert [e["partial_image_index"] for e in events[:2]] == [0, 1]
+    assert decoded(events[-1]["b64_json"]).shape == (64, 64, 3)
 
 
 def test_edits_are_served_without_v1_too(served) -> None:

@@ -91,7 +91,7 @@ def test_every_ref_resolves_and_every_status_is_documented(document: dict[str, A
     error = generate["responses"]["400"]["content"]["application/json"]["schema"]
     assert resolve(document, error["$ref"])["required"] == ["error"]
     image = document["paths"]["/generated-images/{name}"]["get"]["responses"]["200"]["content"]
-    assert list(image) == ["image/png"]
+    assert list(image) == ["image/png", "image/jpeg", "image/webp"]
     assert set(document["paths"]["/healthz"]) == {"get", "head"}
 
 
@@ -115,6 +115,7 @@ def fuzz(operation: Any, mode: GenerationMode, base_url: str) -> None:
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
         database=None,
+        derandomize=True,  # the same examples every run: CI cannot fail on a case this run never tried
     )
     def call(case: Case) -> None:
         case.call_and_validate(base_url=base_url, checks=CHECKS)

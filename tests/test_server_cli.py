@@ -121,6 +121,15 @@ def test_serve_help_lists_localai_flags_and_env_vars() -> None:
         "--image-ttl",
         "--queue-size",
         "--max-loaded-models",
+        "--allowed-hosts",
+        "--forwarded-allow-ips",
+        "--allow-local-dir",
+        "--allow-private-hosts",
+        "--allow-unverified",
+        "--max-memory",
+        "--mode",
+        "--header-timeout",
+        "--limit-concurrency",
     ):
         assert flag in result.output, flag
     for env in ("ADDRESS", "MODELS_PATH", "IMAGE_PATH", "API_KEY", "GALLERIES", "UPLOAD_LIMIT", "BASE_URL"):
@@ -130,3 +139,14 @@ def test_serve_help_lists_localai_flags_and_env_vars() -> None:
 def test_serve_rejects_a_bad_address_with_one_line() -> None:
     result = CliRunner().invoke(build_app(), ["serve", "--address", "nonsense"])
     assert result.exit_code == 1 and "HOST:PORT" in result.output
+
+
+def test_serve_mode_setting_follows_the_intake_rule() -> None:
+    from localai_sd.cli.serve import build_settings
+    from localai_sd.errors import InvalidRequest
+
+    assert build_settings({}, mode="auto").default_mode == "auto"
+    assert build_settings({}, mode="2").default_mode == 1
+    assert build_settings({}, mode="0").default_mode == 0
+    with pytest.raises(InvalidRequest, match="mode 'fast' must be"):
+        build_settings({}, mode="fast")

@@ -123,7 +123,7 @@ def test_url_images_are_absolute_served_once_written_and_nothing_else(
         ({"prompt": "x", "response_format": "png"}, "response_format"),
         ({"prompt": "x", "response_format": {"type": "gif"}}, "response_format"),
         ({"prompt": "x", "step": 0}, "step"),
-        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"prompt": "x", "seed": -2}, "seed"),
         ({"prompt": "x", "mode": -3}, "mode"),
         ({"prompt": "x", "sampler": "nope"}, "sampler"),
         ({"prompt": "x", "model": "../etc"}, "model"),

@@ -10,6 +10,7 @@ import typer
 
 from localai_sd.cli.app import handle_errors
 from localai_sd.errors import InvalidRequest
+from localai_sd.pipeline.request import AUTO, parse_mode
 from localai_sd.settings import Settings, parse_api_keys, parse_galleries, parse_list, parse_memory_size
 
 #: LocalAI's ``:8080`` means every interface.
@@ -26,6 +27,12 @@ def parse_address(text: str) -> tuple[str, int]:
         )
     host = host.strip("[]") or ALL_INTERFACES
     return host, int(port_text)
+
+
+def check_default_mode(text: str) -> int | str:
+    """``--mode``: ``auto`` or a LocalAI mode number, checked by the intake's rule (InvalidRequest otherwise)."""
+    fast = parse_mode(text)
+    return AUTO if fast is None else int(fast)
 
 
 def build_settings(
@@ -51,6 +58,8 @@ def build_settings(
     max_loaded_models: int | None = None,
     workers: int | None = None,
     low_memory: bool | None = None,
+    mode: str | None = None,
+    no_studio: bool | None = None,
     max_memory: str | None = None,
     allow_local_dirs: list[Path] | None = None,
     allow_private_hosts: bool | None = None,
@@ -97,6 +106,8 @@ def build_settings(
         max_loaded_models=max_loaded_models,
         workers=workers,
         low_memory=low_memory or None,
+        default_mode=check_default_mode(mode) if mode is not None else None,
+        studio=False if no_studio else None,
         max_memory_bytes=parse_memory_size(max_memory, "--max-memory") if max_memory else None,
         local_install_dirs=tuple(allow_local_dirs) if allow_local_dirs else None,
         allow_private_hosts=allow_private_hosts or None,
@@ -210,6 +221,16 @@ def register(app: typer.Typer) -> None:
                 "--low-memory", envvar="LOW_MEMORY", help="Less peak memory, slower decode (see README)."
             ),
         ] = False,
+        no_studio: Annotated[
+            bool, typer.Option("--no-studio", help="Do not serve the studio web page at / (STUDIO=false).")
+        ] = False,
+        mode: Annotated[
+            str | None,
+            typer.Option(
+                envvar="MODE",
+                help="Default LocalAI mode when a request and its model give none: auto, 0 or 1 [default: auto]",
+            ),
+        ] = None,
         max_memory: Annotated[
             str | None,
             typer.Option(
@@ -270,6 +291,8 @@ def register(app: typer.Typer) -> None:
             max_loaded_models=max_loaded_models,
             workers=workers,
             low_memory=low_memory,
+            mode=mode,
+            no_studio=no_studio,
             max_memory=max_memory,
             allow_local_dirs=allow_local_dirs,
             allow_private_hosts=allow_private_hosts,

@@ -63,7 +63,7 @@ def infotext(
     and, for "only masked", ``Inpaint area: Only masked`` and ``Masked area padding``. ``extras`` come last,
     quoted as A1111 quotes a value holding a comma, colon or newline (a JSON string).
     """
-    lines = [prompt]
+    lines = [prompt] if prompt else []  # A1111 strips the text: an empty prompt leaves no empty first line
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
     pairs = {

@@ -104,7 +104,7 @@ def guidance_limits(request: GenerationRequest) -> GuidanceLimits | None:
 
 def acceleration_infotext(request: GenerationRequest) -> dict[str, object]:
     """PNG ``parameters`` entries for the opt-in speed-ups (A1111's ``NGMS`` key for s_min_uncond)."""
-    extras: dict[str, object] = {}
+    extras: dict[str, object] = {"Mode": request.mode_label}
     if request.guidance_interval is not None:
         lo, hi = request.guidance_interval
         extras["Guidance interval"] = f"({lo:g}, {hi:g}]"

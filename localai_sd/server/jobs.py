@@ -29,6 +29,7 @@ from localai_sd.jobs.events import Record
 from localai_sd.jobs.log import EventLog
 from localai_sd.jobs.steps import step_listener
 from localai_sd.models import ModelConfig
+from localai_sd.pipeline.img2img import EditSpec
 from localai_sd.pipeline.pipeline import GeneratedImage, StepCallback, StepEvent
 from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.server.installs import InstallJobs, InstallStatus, human_size
@@ -46,6 +47,8 @@ class GenerationJob:
 
     config: ModelConfig
     request: GenerationRequest
+    #: An img2img/inpainting job's input image, mask and strength; None for txt2img.
+    edit: EditSpec | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: str = QUEUED
     created: float = field(default_factory=time.time)

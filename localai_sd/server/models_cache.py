@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from localai_sd.models import ModelConfig
+from localai_sd.pipeline.img2img import EditSpec
 from localai_sd.pipeline.pipeline import CancelCheck, GeneratedImage, StepCallback
 from localai_sd.pipeline.request import GenerationRequest
 
@@ -27,8 +28,9 @@ class Pipeline(Protocol):
         *,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        edit: EditSpec | None = None,
     ) -> list[GeneratedImage]:
-        """Generate the request's n images."""
+        """Generate the request's n images (edits of ``edit``'s image when given)."""
         ...
 
     def close(self) -> None:

@@ -60,7 +60,10 @@ MODELS: tuple[type[BaseModel], ...] = (
     JobResult,
 )
 NO_CONTENT: dict[str, Any] = {}
-PNG = {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}}
+PNG = {
+    m: {"schema": {"type": "string", "contentMediaType": m}}
+    for m in ("image/png", "image/jpeg", "image/webp")
+}
 #: Server-sent events (job events; OpenAI image streaming).
 EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
 
@@ -78,7 +81,9 @@ def json_content(model: type[BaseModel]) -> dict[str, Any]:
     return {"application/json": {"schema": component_ref(model)}}
 
 
-IMAGES = RouteDoc(json_content(ImagesResponse), (400, 404, 429, 500))
+IMAGES = RouteDoc({**json_content(ImagesResponse), **EVENT_STREAM}, (400, 404, 429, 500))
+#: Variations have no streaming (OpenAI's CreateImageVariationRequest).
+VARIATIONS = RouteDoc(json_content(ImagesResponse), (400, 404, 429, 500))
 #: (method, path) → its doc; operations not listed get only the generic statuses.
 ROUTES: dict[tuple[str, str], RouteDoc] = {
     ("get", "/healthz"): RouteDoc(NO_CONTENT),
@@ -89,8 +94,8 @@ ROUTES: dict[tuple[str, str], RouteDoc] = {
     ("post", "/images/generations"): IMAGES,
     ("post", "/v1/images/edits"): IMAGES,
     ("post", "/images/edits"): IMAGES,
-    ("post", "/v1/images/variations"): IMAGES,
-    ("post", "/images/variations"): IMAGES,
+    ("post", "/v1/images/variations"): VARIATIONS,
+    ("post", "/images/variations"): VARIATIONS,
     ("get", "/generated-images/{name}"): RouteDoc(PNG, (404,)),
     ("get", "/v1/models"): RouteDoc(json_content(ModelList)),
     ("get", "/models"): RouteDoc(json_content(ModelList)),

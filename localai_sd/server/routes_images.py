@@ -24,6 +24,7 @@ from localai_sd.pipeline.images_in import decode_image
 from localai_sd.pipeline.img2img import VARIATION_STRENGTH, EditSpec
 from localai_sd.pipeline.output import EXTENSIONS, check_output_compression, render
 from localai_sd.pipeline.pipeline import GeneratedImage
+from localai_sd.server import streaming
 from localai_sd.server.errors import ApiError
 from localai_sd.server.jobs import GenerationJob
 from localai_sd.server.schemas import (
@@ -58,15 +59,8 @@ def server_state(request: Request) -> ServerState:
 async def stream_hook(
     request: Request, state: ServerState, job: GenerationJob, *, partial_images: int, kind: StreamKind
 ) -> Response:
-    """OpenAI streaming (``stream: true``) of a prepared, not yet queued job. Until it is wired (e.g.
-    ``return await streaming.stream_images(request, state.queue, job, partial_images=partial_images,
-    kind=kind)``), a 400 naming ``stream``: the official client then raises instead of waiting for events."""
-    raise ApiError(
-        400,
-        "stream: true is not supported by this server yet; send stream: false (or leave it out)",
-        param="stream",
-        code="unsupported_parameter",
-    )
+    """OpenAI streaming (``stream: true``) of a prepared, not yet queued job: partial images, then completed."""
+    return await streaming.stream_images(request, state.queue, job, partial_images=partial_images, kind=kind)
 
 
 async def wait_for_job(job: GenerationJob, request: Request, state: ServerState) -> list[GeneratedImage]:

@@ -20,13 +20,6 @@ from localai_sd.server.schemas import ExtensionFields
 from localai_sd.settings import Settings
 
 
-@dataclass
-class EditJob(GenerationJob):
-    """A queued img2img/inpainting job: a generation job with the edit to apply."""
-
-    edit: EditSpec | None = None
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A request ready to queue: the admitted request, its model, its edit (if any) and notes for the client."""
@@ -38,9 +31,7 @@ class Prepared:
 
     def job(self) -> GenerationJob:
         """The queue job for this request."""
-        if self.edit is None:
-            return GenerationJob(self.config, self.request)
-        return EditJob(self.config, self.request, edit=self.edit)
+        return GenerationJob(self.config, self.request, edit=self.edit)
 
 
 @dataclass
@@ -67,13 +58,11 @@ class ServerState:
 
     def run_job(self, job: GenerationJob) -> list[GeneratedImage]:
         """Worker-thread body: lease the warm pipeline and generate, reporting steps and polling cancel."""
-        edit = job.edit if isinstance(job, EditJob) else None
         with self.models.lease(job.config) as pipeline:
-            if edit is None:
+            if job.edit is None:  # test pipelines need not take ``edit``
                 return pipeline.generate(job.request, on_step=job.on_step, should_cancel=job.cancelled)
-            # models_cache.Pipeline does not declare ``edit`` yet; StableDiffusion.generate takes it.
-            return pipeline.generate(  # type: ignore[call-arg]
-                job.request, on_step=job.on_step, should_cancel=job.cancelled, edit=edit
+            return pipeline.generate(
+                job.request, on_step=job.on_step, should_cancel=job.cancelled, edit=job.edit
             )
 
     def prepare(self, body: ExtensionFields) -> tuple[GenerationRequest, ModelConfig]:
