@@ -230,11 +230,11 @@ def test_whole_image_img2img_infotext_and_warnings(sd: StableDiffusion) -> None:
         request("64x64", steps=2), edit=EditSpec(DecodedImage(photo(32, 48)), strength=0.6)
     )
     parameters = read_png_parameters(image.png)
-    assert parameters is not None and parameters.endswith("Model: stablediffusion, Denoising strength: 0.6")
+    assert parameters is not None and "Model: stablediffusion, Denoising strength: 0.6, Mode: " in parameters
     assert pixels_of(image.png).shape == (64, 64, 3) and image.warnings == ()
     mask = white_square(32, 32, (0, 0, 16, 16))
     (masked,) = sd.generate(request("64x64", steps=2), edit=EditSpec(DecodedImage(photo(64, 64)), mask))
-    assert masked.parameters.endswith("Model: stablediffusion, Denoising strength: 0.75, Mask blur: 4")
+    assert "Model: stablediffusion, Denoising strength: 0.75, Mask blur: 4, Mode: " in masked.parameters
     assert masked.warnings == ("mask is 32x32 but image is 64x64: the mask was resized to the image's size",)
 
 

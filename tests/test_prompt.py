@@ -11,7 +11,7 @@ import pytest
 
 from localai_sd.errors import Cancelled, InvalidRequest
 from localai_sd.pipeline.assets import AssetSet
-from localai_sd.pipeline.nets import TextEncoder
+from localai_sd.pipeline.netset import load_text_encoder
 from localai_sd.pipeline.prompt import (
     CONTEXT_LENGTH,
     PromptChunk,
@@ -227,7 +227,7 @@ def test_chunk_limit_counts_long_text_too(tiny: ClipTokenizer) -> None:
 def test_break_flood_is_refused_before_any_encoder_run(tiny_models: Path) -> None:
     """The issue's attack: a "BREAK " * 3000 negative prompt held the worker ~330 s; now it is refused cheaply."""
     assets = AssetSet.from_dir(tiny_models / "stablediffusion_assets")
-    encoder = TextEncoder.load(assets, threads=1)
+    encoder = load_text_encoder(assets, threads=1)
     tokenizer = ClipTokenizer(assets.vocab_path)
     start = time.perf_counter()
     with pytest.raises(InvalidRequest) as err:
@@ -242,7 +242,7 @@ def test_break_flood_is_refused_before_any_encoder_run(tiny_models: Path) -> Non
 
 def test_encoding_stops_between_chunks_when_cancelled(tiny_models: Path) -> None:
     assets = AssetSet.from_dir(tiny_models / "stablediffusion_assets")
-    encoder = TextEncoder.load(assets, threads=1)
+    encoder = load_text_encoder(assets, threads=1)
     chunks = build_chunks("a BREAK b BREAK c BREAK d", ClipTokenizer(assets.vocab_path))
     arrays = [(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks]
     with pytest.raises(Cancelled):

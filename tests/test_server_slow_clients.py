@@ -110,7 +110,8 @@ def test_a_stalled_body_is_closed_and_a_moving_one_is_not(tmp_path: Path) -> Non
             time.sleep(HEADER_TIMEOUT / 2)
         answer = moving.recv(1024)
         moving.close()
-        assert answer.startswith(b"HTTP/1.1 400"), answer
+        # The whole body arrived and was parsed: the answer is about its content (no model installed here).
+        assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 404")) and b'"error"' in answer, answer
 
 
 def test_accept_errors_are_logged_once_per_interval_with_a_count() -> None:

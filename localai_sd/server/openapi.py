@@ -65,7 +65,17 @@ PNG = {
     for m in ("image/png", "image/jpeg", "image/webp")
 }
 #: Server-sent events (job events; OpenAI image streaming).
-EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+#: Each server-sent event as schemathesis and OpenAPI 3.2 see it: its fields (``event``, ``data``, ``id``).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+EVENT_STREAM = {"text/event-stream": {"schema": SSE_EVENT}}
 
 
 @dataclass(frozen=True)
