@@ -83,7 +83,7 @@ function readParams() {
     cfg_scale: Number($("cfg_scale").value),
     sampler: $("sampler").value || undefined,
     schedule: $("schedule").value === "default" ? undefined : $("schedule").value,
-    mode: Number($("mode").value),
+    mode: $("mode").value === "auto" ? "auto" : Number($("mode").value),
     n: Number($("n").value),
     response_format: "b64_json",
   };
@@ -465,7 +465,7 @@ async function loadOptions() {
   $("schedule").replaceChildren(...options.schedules.map((s) => new Option(s, s)));
   $("size-preset").replaceChildren(...options.sizes.map((s) => new Option(s.replace("x", " × "), s)), new Option("custom", "custom"));
   $("steps").value = options.default_steps;
-  $("mode").value = String(options.default_mode ? 1 : 0);
+  $("mode").value = options.default_mode === "auto" ? "auto" : String(options.default_mode ? 1 : 0);
   syncPreset();
 }
 
