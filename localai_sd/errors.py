@@ -130,3 +130,22 @@ class ShuttingDown(LocalAISDError):
     """The server is shutting down; the job was cancelled (HTTP 503, retry later)."""
 
     code = "shutting_down"
+
+
+class BackendUnavailable(LocalAISDError):
+    """The job backend (Redis, for a cluster) cannot be reached; the job was not queued (HTTP 503, retry)."""
+
+    code = "backend_unavailable"
+
+
+class NoWorker(BackendUnavailable):
+    """No live worker holds the requested model, so its job would wait forever (HTTP 503, retry)."""
+
+    param = "model"
+    code = "no_worker"
+
+
+class WorkerFailed(LocalAISDError):
+    """A worker failed the job with an unexpected error, after its retries (HTTP 500)."""
+
+    code = "worker_failed"

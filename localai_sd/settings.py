@@ -109,6 +109,22 @@ class Settings:
     #: Finished install jobs kept for ``/models/jobs``: at most this many, for at most this long.
     install_jobs_kept: int = 100
     install_job_ttl_seconds: int = 3600
+    #: Redis of a generation cluster (``redis://host:6379/0``): ``serve`` enqueues jobs there for ``local-ai
+    #: worker`` processes instead of running them; None keeps the in-process queue (``REDIS_URL``).
+    redis_url: str | None = None
+    #: Seconds a worker's registration lives without a heartbeat (RQ ``--worker-ttl``); an idle worker also
+    #: looks for abandoned jobs every ``worker_ttl - 15`` seconds (``WORKER_TTL``).
+    worker_ttl_seconds: int = 45
+    #: A cluster job's ``job_timeout`` is this floor plus 2 x its estimated work (``JOB_TIMEOUT_FLOOR``).
+    job_timeout_floor_seconds: int = 300
+    #: Seconds per sampling step at 512x512 that the estimate uses, scaled by the pixel count (``STEP_SECONDS``).
+    step_seconds_512: float = 12.0
+    #: Runs after the first when a worker dies mid-job (at-least-once; seeds make a re-run identical).
+    job_retries: int = 2
+    #: Seconds a finished cluster job (its images and events) stays in Redis; at least an hour.
+    job_result_ttl_seconds: int = 3600
+    #: Seconds a queued cluster job may wait while no live worker holds its model, then it fails.
+    no_worker_timeout_seconds: float = 60.0
 
     @property
     def resolved_image_path(self) -> Path:
@@ -167,8 +183,45 @@ class Settings:
             values["sse_keepalive_seconds"] = float(parse_positive_int(v, "SSE_KEEPALIVE"))
         if env.get("STUDIO", "").lower() in ("0", "false", "no"):
             values["studio"] = False
+        if v := env.get("REDIS_URL"):
+            values["redis_url"] = v
+        for name, key in CLUSTER_INT_ENV:
+            if v := env.get(name):
+                values[key] = parse_positive_int(v, name)
+        if v := env.get("STEP_SECONDS"):
+            values["step_seconds_512"] = parse_positive_float(v, "STEP_SECONDS")
+        if v := env.get("NO_WORKER_TIMEOUT"):
+            values["no_worker_timeout_seconds"] = parse_positive_float(v, "NO_WORKER_TIMEOUT")
+        if v := env.get("JOB_RETRIES"):
+            values["job_retries"] = parse_count(v, "JOB_RETRIES")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+#: Integer cluster settings read from the environment: (variable, field).
+CLUSTER_INT_ENV = (
+    ("WORKER_TTL", "worker_ttl_seconds"),
+    ("JOB_TIMEOUT_FLOOR", "job_timeout_floor_seconds"),
+    ("JOB_RESULT_TTL", "job_result_ttl_seconds"),
+)
+
+
+def parse_count(text: str, name: str) -> int:
+    """Parse a whole number of 0 or more, naming the setting on failure."""
+    if not text.strip().isdigit():
+        raise InvalidRequest(f"{name} must be a whole number of 0 or more, got {text!r}", param=name)
+    return int(text)
+
+
+def parse_positive_float(text: str, name: str) -> float:
+    """Parse a positive number setting, naming the setting on failure."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise InvalidRequest(f"{name} must be a positive number, got {text!r}", param=name)
+    return value
 
 
 def parse_positive_int(text: str, name: str) -> int:

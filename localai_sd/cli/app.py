@@ -67,7 +67,7 @@ def _root(
 
 def build_app() -> typer.Typer:
     """Build the ``local-ai`` app with every command registered."""
-    from localai_sd.cli import benchmark, gallery, generate, serve
+    from localai_sd.cli import benchmark, gallery, generate, serve, worker
 
     app = typer.Typer(
         name="local-ai",
@@ -77,7 +77,7 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.callback()(_root)
-    for module in (generate, gallery, serve, benchmark):
+    for module in (generate, gallery, serve, worker, benchmark):
         module.register(app)
     return app
 

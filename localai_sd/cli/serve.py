@@ -64,6 +64,7 @@ def build_settings(
     allow_local_dirs: list[Path] | None = None,
     allow_private_hosts: bool | None = None,
     allow_unverified: bool | None = None,
+    redis: str | None = None,
 ) -> Settings:
     """Settings from LocalAI's env vars, then the flags given (flags win)."""
     for name, value in (("threads", threads), ("upload-limit", upload_limit), ("image-ttl", image_ttl)):
@@ -112,6 +113,7 @@ def build_settings(
         local_install_dirs=tuple(allow_local_dirs) if allow_local_dirs else None,
         allow_private_hosts=allow_private_hosts or None,
         allow_unverified_installs=allow_unverified or None,
+        redis_url=redis,
     )
 
 
@@ -262,6 +264,15 @@ def register(app: typer.Typer) -> None:
                 help="Let /models/apply install gallery files that have no sha256.",
             ),
         ] = False,
+        redis: Annotated[
+            str | None,
+            typer.Option(
+                "--redis",
+                envvar="REDIS_URL",
+                help="Enqueue generations in this Redis for `local-ai worker`s (redis://host:6379/0) "
+                "instead of running them here [default: run here]",
+            ),
+        ] = None,
     ) -> None:
         """Run the OpenAI-compatible image API (POST /v1/images/generations) and model management."""
         import uvicorn
@@ -297,6 +308,7 @@ def register(app: typer.Typer) -> None:
             allow_local_dirs=allow_local_dirs,
             allow_private_hosts=allow_private_hosts,
             allow_unverified=allow_unverified,
+            redis=redis,
         )
         host, port = parse_address(settings.address)
         config = server_config(

@@ -48,6 +48,22 @@ class JobBackend(Protocol):
     def jobs(self) -> list[dict[str, Any]]:
         """Running, waiting and recently finished jobs."""
 
+    async def wait(self, job_id: str) -> list[GeneratedImage]:
+        """The job's images once it ends, or its typed error (``Cancelled``, ``ShuttingDown``, ...)."""
+        ...
+
+    def busy(self) -> tuple[int, int]:
+        """(running, waiting) job counts."""
+
+    def start(self) -> None:
+        """Start serving jobs (worker threads, or nothing for a broker)."""
+
+    def shutdown(self) -> None:
+        """The first shutdown signal: refuse new jobs, stop local work (a broker's jobs go on elsewhere)."""
+
+    def stop(self) -> None:
+        """Shut down and release threads or connections."""
+
 
 async def follow(
     backend: JobBackend,

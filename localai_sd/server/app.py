@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from localai_sd.errors import LocalAISDError, OutputError
+from localai_sd.errors import BackendUnavailable, LocalAISDError, OutputError
 from localai_sd.gallery.store import models_root, sweep_partials
 from localai_sd.models import ModelConfig
 from localai_sd.server import routes_images, routes_jobs, routes_models
@@ -113,7 +113,7 @@ def make_lifespan(state: ServerState) -> Any:
             LOG.info("removed %d stale *.partial download(s)", swept)
         await run_in_threadpool(state.images.prepare)
         await preload_models(state)
-        state.queue.start()
+        state.backend.start()
         sweeper = asyncio.create_task(sweep_images(state))
         state.ready = True
         unhook = on_first_signal(lambda: begin_shutdown(state.queue, state.installs))
@@ -125,7 +125,7 @@ def make_lifespan(state: ServerState) -> Any:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await run_in_threadpool(state.queue.stop)
+            await run_in_threadpool(state.backend.stop)
             await run_in_threadpool(state.installs.stop)
             await run_in_threadpool(state.models.close)
 
@@ -189,7 +189,11 @@ def add_health_routes(app: FastAPI, state: ServerState) -> None:
 
     async def readyz() -> JSONResponse:
         """200 once started (503 before), with running/queued counts and loaded models."""
-        running, waiting = state.queue.busy()
+        try:
+            running, waiting = await run_in_threadpool(state.backend.busy)
+        except BackendUnavailable as exc:
+            body = {"ready": False, "error": str(exc), "loaded_models": state.models.loaded()}
+            return JSONResponse(body, status_code=503)
         body = {
             "ready": state.ready,
             "running": running,

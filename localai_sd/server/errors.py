@@ -15,6 +15,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from localai_sd.errors import (
+    BackendUnavailable,
     Cancelled,
     DownloadError,
     GalleryError,
@@ -37,6 +38,8 @@ SERVER_ERROR = "server_error"
 STATUS_CLIENT_CLOSED = 499
 #: Seconds a client should wait after a 429 before trying again.
 QUEUE_FULL_RETRY_AFTER_SECONDS = 10
+#: Seconds a client should wait after a 503 because the job queue (Redis) or its workers are unavailable.
+BACKEND_RETRY_AFTER_SECONDS = 5
 
 
 @dataclass
@@ -50,6 +53,8 @@ class ApiError(Exception):
     code: str | None = None
     #: False when repeating the same request cannot succeed (sent as ``x-should-retry``).
     retryable: bool = False
+    #: Seconds to send as ``Retry-After`` (a 429 always has one).
+    retry_after: int | None = None
 
     def __str__(self) -> str:
         """The human message."""
@@ -64,7 +69,9 @@ def error_body(message: str, type_: str, param: str | None, code: str | None) ->
 def error_response(err: ApiError) -> JSONResponse:
     """A JSON response for ``err`` with ``x-should-retry`` (and ``Retry-After`` on 429)."""
     headers = {"x-should-retry": "true" if err.retryable else "false"}
-    if err.status == 429:
+    if err.retry_after is not None:
+        headers["retry-after"] = str(err.retry_after)
+    elif err.status == 429:
         headers["retry-after"] = str(QUEUE_FULL_RETRY_AFTER_SECONDS)
     if err.status == 401:
         headers["www-authenticate"] = "Bearer"
@@ -77,7 +84,7 @@ def status_for(err: LocalAISDError) -> tuple[int, str, bool]:
     """(HTTP status, OpenAI type, retryable) for a library error, by its type."""
     if isinstance(err, QueueFull):
         return 429, RATE_LIMIT, True
-    if isinstance(err, ShuttingDown):
+    if isinstance(err, ShuttingDown | BackendUnavailable):
         return 503, SERVER_ERROR, True
     if isinstance(err, OutOfMemory):
         return 503, SERVER_ERROR, False
@@ -99,7 +106,8 @@ def status_for(err: LocalAISDError) -> tuple[int, str, bool]:
 def from_library_error(err: LocalAISDError) -> ApiError:
     """Map a library error to an ``ApiError`` keeping its message, param and code."""
     status, type_, retryable = status_for(err)
-    return ApiError(status, err.message, type_, err.param, err.code, retryable)
+    retry_after = BACKEND_RETRY_AFTER_SECONDS if isinstance(err, BackendUnavailable) else None
+    return ApiError(status, err.message, type_, err.param, err.code, retryable, retry_after)
 
 
 def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:

@@ -13,6 +13,7 @@ routes, the SSE stream and OpenAI streaming read by cursor.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -226,6 +227,12 @@ class GenerationQueue:
         if not job.future.done():
             raise JobNotFound(f"generation job {job_id!r} has not finished yet", code="job_not_finished")
         return job.future.result()
+
+    async def wait(self, job_id: str) -> list[GeneratedImage]:
+        """The job's images once it ends, or its error; cancelling the wait leaves the job alone."""
+        future = asyncio.wrap_future(self.find(job_id).future)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(future)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Status of running, waiting and recently finished jobs."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
 from typing import Any, Literal
@@ -19,7 +20,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from localai_sd.errors import Cancelled
+from localai_sd.errors import Cancelled, LocalAISDError
+from localai_sd.jobs.backend import JobBackend
 from localai_sd.pipeline.images_in import decode_image
 from localai_sd.pipeline.img2img import VARIATION_STRENGTH, EditSpec
 from localai_sd.pipeline.output import EXTENSIONS, check_output_compression, render
@@ -60,23 +62,27 @@ async def stream_hook(
     request: Request, state: ServerState, job: GenerationJob, *, partial_images: int, kind: StreamKind
 ) -> Response:
     """OpenAI streaming (``stream: true``) of a prepared, not yet queued job: partial images, then completed."""
-    return await streaming.stream_images(request, state.queue, job, partial_images=partial_images, kind=kind)
+    return await streaming.stream_images(
+        request, state.backend, job, partial_images=partial_images, kind=kind
+    )
 
 
-async def wait_for_job(job: GenerationJob, request: Request, state: ServerState) -> list[GeneratedImage]:
-    """Await the job; if the client disconnects first, cancel it (dequeue, or stop at the next step)."""
-    future = asyncio.wrap_future(job.future)
+async def wait_for_job(backend: JobBackend, job_id: str, request: Request) -> list[GeneratedImage]:
+    """Await the job through its backend; if the client disconnects first, cancel it (dequeue, or stop at the
+    next step)."""
+    waiting = asyncio.ensure_future(backend.wait(job_id))
     try:
         while True:
-            done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_SECONDS)
+            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_SECONDS)
             if done:
-                return future.result()
+                return waiting.result()
             if await request.is_disconnected():
                 raise Cancelled("the client disconnected; the generation was cancelled")
     except (Cancelled, asyncio.CancelledError):
         # The client is gone (or the server stops): free the worker for the next request.
-        state.queue.cancel(job)
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        waiting.cancel()
+        with contextlib.suppress(LocalAISDError):
+            await run_in_threadpool(backend.cancel, job_id)
         raise
 
 
@@ -114,8 +120,8 @@ async def run_prepared(
     job = prepared.job()
     if fields.stream:
         return await stream_hook(request, state, job, partial_images=fields.partial_images or 0, kind=kind)
-    state.queue.submit(job)
-    images = await wait_for_job(job, request, state)
+    await run_in_threadpool(state.backend.submit, job)
+    images = await wait_for_job(state.backend, job.id, request)
     gen = prepared.request
     extras: dict[str, object] = {"Mode": gen.mode_label}
     data = [
@@ -260,6 +266,8 @@ def build_router() -> APIRouter:
     @router.get("/v1/images/jobs", summary="Generation jobs: running, queued and recently finished")
     async def image_jobs(request: Request) -> JSONResponse:
         """List generation jobs with their progress."""
-        return JSONResponse({"object": "list", "data": server_state(request).queue.jobs()})
+        return JSONResponse(
+            {"object": "list", "data": await run_in_threadpool(server_state(request).backend.jobs)}
+        )
 
     return router

@@ -61,8 +61,8 @@ class JobResult(BaseModel):
 
 
 def backend_of(request: Request) -> JobBackend:
-    """The app's job backend (the local queue)."""
-    return request.app.state.server.queue
+    """The app's job backend (the local queue, or the cluster's)."""
+    return request.app.state.server.backend
 
 
 def found(job_id: str) -> ApiError:
@@ -74,9 +74,9 @@ async def create_job(request: Request) -> JobCreated:
     """Validate like ``/v1/images/generations``, queue the job, answer its id at once."""
     body = await parse_body(request, ImageGenerationBody)
     state: ServerState = request.app.state.server
-    gen_request, config = state.prepare(body)
+    gen_request, config = await run_in_threadpool(state.prepare, body)
     job = GenerationJob(config, gen_request)
-    backend_of(request).submit(job)
+    await run_in_threadpool(backend_of(request).submit, job)
     return JobCreated(
         id=job.id,
         status=job.state,
@@ -100,7 +100,7 @@ def build_router() -> APIRouter:
     async def job_status(job_id: str, request: Request) -> dict[str, Any]:
         """The job's status."""
         try:
-            return backend_of(request).status(job_id)
+            return await run_in_threadpool(backend_of(request).status, job_id)
         except JobNotFound:
             raise found(job_id) from None
 
@@ -115,7 +115,7 @@ def build_router() -> APIRouter:
         """Replay the job's events after ``after`` (or ``Last-Event-ID``), then follow them live."""
         backend = backend_of(request)
         try:
-            backend.status(job_id)
+            await run_in_threadpool(backend.status, job_id)
         except JobNotFound:
             raise found(job_id) from None
         last = request.headers.get("last-event-id", "")
@@ -128,8 +128,8 @@ def build_router() -> APIRouter:
         """Cancel and answer the job's status."""
         backend = backend_of(request)
         try:
-            backend.cancel(job_id)
-            return backend.status(job_id)
+            await run_in_threadpool(backend.cancel, job_id)
+            return await run_in_threadpool(backend.status, job_id)
         except JobNotFound:
             raise found(job_id) from None
 
@@ -140,7 +140,7 @@ def build_router() -> APIRouter:
         """The images (base64 or URLs) with seeds and infotext; 409 before the job ends."""
         backend = backend_of(request)
         try:
-            images = backend.result(job_id)
+            images = await run_in_threadpool(backend.result, job_id)
         except JobNotFound as exc:
             if exc.code == "job_not_finished":
                 raise ApiError(409, str(exc), code=exc.code) from None

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from localai_sd import intake
-from localai_sd.errors import InvalidRequest
+from localai_sd.errors import InvalidRequest, ModelConfigError
+from localai_sd.jobs.backend import JobBackend
 from localai_sd.models import ModelConfig, load_config
 from localai_sd.pipeline import memory
 from localai_sd.pipeline.assets import AssetSet
@@ -44,6 +45,8 @@ class ServerState:
     gallery: GalleryOps
     installs: InstallJobs = field(default_factory=InstallJobs)
     queue: GenerationQueue = field(init=False)
+    #: What runs generations: the local queue, or a cluster backend (``redis_url`` set).
+    backend: JobBackend = field(init=False)
     ready: bool = False
     #: Peak memory a request may need, in bytes: the setting, or derived from the machine's RAM here, at
     #: startup (None when neither is known: no memory check, and ``mode: auto`` is fast).
@@ -55,6 +58,7 @@ class ServerState:
         self.queue = GenerationQueue(
             self.run_job, workers=self.settings.workers, max_waiting=self.settings.queue_size
         )
+        self.backend = self.queue if self.settings.redis_url is None else cluster_backend(self.settings)
 
     def run_job(self, job: GenerationJob) -> list[GeneratedImage]:
         """Worker-thread body: lease the warm pipeline and generate, reporting steps and polling cancel."""
@@ -101,6 +105,18 @@ class ServerState:
             threads=settings.threads,
             backend=config.backend,
         )
+
+
+def cluster_backend(settings: Settings) -> JobBackend:
+    """The RQ backend (imported only when a Redis URL is set: ``rq`` is the optional ``cluster`` extra)."""
+    try:
+        from localai_sd.jobs.rq_backend import RQBackend
+    except ImportError as exc:
+        raise ModelConfigError(
+            f"a Redis URL is set but the cluster extra is missing ({exc}): pip install 'localai-sd[cluster]'",
+            code="cluster_not_installed",
+        ) from None
+    return RQBackend(settings)
 
 
 def raw_request(body: ExtensionFields, prompt: str | None = None) -> intake.RawRequest:

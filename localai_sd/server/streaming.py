@@ -13,6 +13,7 @@ ceil(k N / (p + 1)), scaled to the requested size. A client that disconnects can
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from localai_sd.errors import LocalAISDError
 from localai_sd.jobs import events as ev
 from localai_sd.jobs.backend import JobBackend, follow
 from localai_sd.pipeline.preview import resize_png
@@ -119,7 +121,7 @@ async def openai_events(
                 )
                 sent += 1
             elif isinstance(event, ev.Done):
-                for image in backend.result(job.id):
+                for image in await run_in_threadpool(backend.result, job.id):
                     b64 = base64.b64encode(image.png).decode("ascii")
                     yield sse(image_event(kind, "completed", b64, request.size), f"{kind}.completed")
                 finished = True
@@ -128,7 +130,8 @@ async def openai_events(
                 finished = True
     finally:
         if not finished:
-            backend.cancel(job.id)
+            with contextlib.suppress(LocalAISDError):
+                backend.cancel(job.id)
 
 
 async def stream_images(
@@ -143,7 +146,7 @@ async def stream_images(
     """Submit ``job`` (``QueueFull`` -> 429 before any byte is sent) and stream it as OpenAI does."""
     steps = ev.partial_steps(job.request.n * job.request.steps, partial_images)
     job.log.keep_steps = frozenset(steps)
-    backend.submit(job)
+    await run_in_threadpool(backend.submit, job)
     if keepalive_seconds is None:
         keepalive_seconds = request.app.state.server.settings.sse_keepalive_seconds
     body = openai_events(backend, job, partial_steps=steps, kind=kind, keepalive_seconds=keepalive_seconds)
