@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import statistics
@@ -73,6 +74,11 @@ class Outcome:
     #: The first lines the attack added to the log.
     log_head: str = ""
     server_alive: bool = True
+
+
+def without_paths(text: str) -> str:
+    """Log text with file paths cut to their last part (results files keep no machine paths)."""
+    return re.sub(r'File "[^"]*/([^/"]+)"', r'File "\1"', text)
 
 
 def lscpu() -> dict[str, str]:
@@ -246,7 +252,7 @@ def run(outcome: Outcome) -> Outcome:
             outcome.log_bytes = log.stat().st_size - size_before
             with log.open("rb") as text:
                 text.seek(size_before)
-                outcome.log_head = text.read(LOG_HEAD_BYTES).decode("utf-8", "replace")
+                outcome.log_head = without_paths(text.read(LOG_HEAD_BYTES).decode("utf-8", "replace"))
             outcome.server_alive = process.poll() is None
         finally:
             stop_server(process)
