@@ -123,6 +123,9 @@ class Settings:
     job_retries: int = 2
     #: Seconds a finished cluster job (its images and events) stays in Redis; at least an hour.
     job_result_ttl_seconds: int = 3600
+    #: Seconds past its ``job_timeout`` after which a running job whose worker died counts as abandoned and is
+    #: retried (RQ's SimpleWorker uses 60; the job itself is killed at its timeout) (``JOB_GRACE``).
+    job_grace_seconds: int = 60
     #: Seconds a queued cluster job may wait while no live worker holds its model, then it fails.
     no_worker_timeout_seconds: float = 60.0
 
@@ -203,6 +206,7 @@ CLUSTER_INT_ENV = (
     ("WORKER_TTL", "worker_ttl_seconds"),
     ("JOB_TIMEOUT_FLOOR", "job_timeout_floor_seconds"),
     ("JOB_RESULT_TTL", "job_result_ttl_seconds"),
+    ("JOB_GRACE", "job_grace_seconds"),
 )
 
 

@@ -104,9 +104,10 @@ def to_dict(event: Event) -> dict[str, Any]:
     return {"type": event.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}}
 
 
-def from_dict(data: dict[str, Any]) -> Event:
-    """The event ``to_dict`` made; unknown keys are ignored."""
-    cls = KINDS[data["type"]]
+def from_dict(data: dict[str, Any], kind: str | None = None) -> Event:
+    """The event ``to_dict`` made; unknown keys are ignored. An ``error`` event's own ``type`` field hides
+    its kind in that dict, so a store that keeps the kind apart passes it as ``kind``."""
+    cls = KINDS[kind or data["type"]]
     values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
     if "seeds" in values:
         values["seeds"] = tuple(values["seeds"])

@@ -5,7 +5,7 @@ Keys (all under ``sd:``; every per-job key expires with the job's result):
 
 ==============================  ====================================================================
 ``sd:{model}``                  the RQ queue of a model (RQ prefixes it: ``rq:queue:sd:{model}``)
-``sd:job:{id}:events``          list of event JSON; record ``seq`` is list index + 1
+``sd:job:{id}:events``          list of ``{"kind", "event"}`` JSON; record ``seq`` is list index + 1
 ``sd:job:{id}:final``           set once the final event is in: later events are ignored
 ``sd:job:{id}:preview``         seq of the newest preview a newer one may replace (thinning)
 ``sd:job:{id}:cancel``          cooperative cancel flag, read by the worker between steps
@@ -113,11 +113,11 @@ class JobStore:
         """Add ``event`` to the job's stream; its seq, or 0 when the stream already ended."""
         keys = [job_key(job_id, "events"), job_key(job_id, "final"), job_key(job_id, "preview")]
         args = [
-            json.dumps(ev.to_dict(event), separators=(",", ":")),
+            json.dumps({"kind": event.kind, "event": ev.to_dict(event)}, separators=(",", ":")),
             "1" if ev.is_final(event) else "0",
             preview_mode(event, global_step, keep_steps),
             self.ttl,
-            json.dumps({"type": DROPPED}),
+            json.dumps({"kind": DROPPED}),
         ]
         return int(self._append(keys=keys, args=args))
 
@@ -127,8 +127,8 @@ class JobStore:
         records = []
         for seq, item in enumerate(raw, start=after + 1):
             data = json.loads(item)
-            if data.get("type") != DROPPED:
-                records.append(Record(seq, ev.from_dict(data)))
+            if data["kind"] != DROPPED:
+                records.append(Record(seq, ev.from_dict(data["event"], data["kind"])))
         return records
 
     def has_events(self, job_id: str) -> bool:

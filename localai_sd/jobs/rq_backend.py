@@ -126,6 +126,8 @@ class RQBackend:
         """A JSON-ready view of the job (the same fields as the local queue's, plus ``worker``)."""
         with reachable(self.url):
             rq_job = self._fetch(job_id)
+            if not self.store.finished(job_id):
+                self._settle(job_id)
             records = self.store.since(job_id)
             position = rq_job.get_position() if rq_job.get_status() in WAITING else None
         return job_status(rq_job, records, None if position is None else position + 1)

@@ -68,6 +68,8 @@ class WorkerContext:
     store: JobStore
     #: Final events waiting for RQ to store the job's result (job id -> event).
     pending: dict[str, ev.Event] = field(default_factory=dict)
+    #: Set by SIGINT/SIGTERM: the worker ends instead of starting again.
+    stopping: bool = False
 
     def run(self, job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Run one job; its images or its typed error as JSON (library errors are answers, not retries)."""
@@ -143,6 +145,15 @@ class GenerationWorker(SimpleWorker):
         super().handle_job_success(job, queue, started_job_registry)
         self.context.publish_final(job.id)
 
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        """A warm shutdown (the running job finishes) that ends ``serve_forever`` too."""
+        self.context.stopping = True
+        super().request_stop(signum, frame)
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        """How long the running job stays registered without news: its timeout plus the grace setting."""
+        return int(job.timeout or self.worker_ttl) + self.context.settings.job_grace_seconds
+
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, plus ``sd:workers:{queue}`` entries that live as long."""
         super().heartbeat(timeout, pipeline)
@@ -190,7 +201,7 @@ def serve_forever(
             worker.work(burst=burst, logging_level="WARNING")
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             LOG.warning("Redis at %s is unreachable (%s); retrying", safe_url(settings.redis_url), exc)
-        if burst or worker._stop_requested:
+        if burst or context.stopping:
             break
         restarts += 1
         time.sleep(RECONNECT_SECONDS)
