@@ -12,11 +12,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from server_helpers import LOOPBACK, WAIT_SECONDS, wait_until
 
+from localai_sd.settings import Settings
+
 HERE = Path(__file__).resolve().parent
+#: A tiny generation.
+BODY = {"prompt": "a red house", "size": "64x64", "step": 3, "seed": 42, "response_format": "b64_json"}
 #: Short cluster timings for the tests (the defaults suit minutes-long CPU jobs).
 WORKER_ENV = {"WORKER_TTL": "16", "JOB_GRACE": "3", "JOB_RESULT_TTL": "600"}
 
@@ -147,3 +153,25 @@ def workers(redis_url: str, models: Path, logdir: Path, *names: str, step_second
     finally:
         for worker in started:
             worker.stop()
+
+
+def cluster_settings(models: Path, redis_url: str, tmp: Path, **changes: Any) -> Settings:
+    """API settings with short cluster timings for tests."""
+    values: dict[str, Any] = {
+        "models_path": models,
+        "image_path": tmp / "images",
+        "redis_url": redis_url,
+        "threads": 1,
+        "job_timeout_floor_seconds": 10,
+        "step_seconds_512": 0.05,
+        "worker_ttl_seconds": 16,
+        "job_grace_seconds": 3,
+        "job_result_ttl_seconds": 600,
+        "no_worker_timeout_seconds": 3.0,
+    }
+    return Settings(**{**values, **changes})
+
+
+def jobs_by_id(base: str) -> dict[str, dict[str, Any]]:
+    """``GET /v1/images/jobs`` keyed by id."""
+    return {job["id"]: job for job in httpx.get(f"{base}/v1/images/jobs", timeout=10).json()["data"]}

@@ -15,13 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from cluster_helpers import RedisServer, redis_server, workers
+from cluster_helpers import BODY, RedisServer, cluster_settings, jobs_by_id, redis_server, workers
 from server_helpers import live_server, png_size, wait_until
 
 from localai_sd.server.app import create_app
-from localai_sd.settings import Settings
-
-BODY = {"prompt": "a red house", "size": "64x64", "step": 3, "seed": 42, "response_format": "b64_json"}
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +37,6 @@ def fresh(redis: RedisServer) -> RedisServer:
     client.flushall()
     client.close()
     return redis
-
-
-def cluster_settings(models: Path, redis_url: str, tmp: Path, **changes: Any) -> Settings:
-    """API settings with short cluster timings for tests."""
-    values: dict[str, Any] = {
-        "models_path": models,
-        "image_path": tmp / "images",
-        "redis_url": redis_url,
-        "threads": 1,
-        "job_timeout_floor_seconds": 10,
-        "step_seconds_512": 0.05,
-        "worker_ttl_seconds": 16,
-        "job_grace_seconds": 3,
-        "job_result_ttl_seconds": 600,
-        "no_worker_timeout_seconds": 3.0,
-    }
-    return Settings(**{**values, **changes})
-
-
-def jobs_by_id(base: str) -> dict[str, dict[str, Any]]:
-    """``GET /v1/images/jobs`` keyed by id."""
-    return {job["id"]: job for job in httpx.get(f"{base}/v1/images/jobs", timeout=10).json()["data"]}
 
 
 def status(base: str, job_id: str) -> dict[str, Any]:
