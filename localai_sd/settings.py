@@ -112,6 +112,8 @@ class Settings:
     #: Redis of a generation cluster (``redis://host:6379/0``): ``serve`` enqueues jobs there for ``local-ai
     #: worker`` processes instead of running them; None keeps the in-process queue (``REDIS_URL``).
     redis_url: str | None = None
+    #: Load the default model's nets on the first request instead of at start-up (before /readyz is ready).
+    lazy_load: bool = False
     #: Seconds a worker's registration lives without a heartbeat (RQ ``--worker-ttl``); an idle worker also
     #: looks for abandoned jobs every ``worker_ttl - 15`` seconds (``WORKER_TTL``).
     worker_ttl_seconds: int = 45
@@ -188,6 +190,8 @@ class Settings:
             values["studio"] = False
         if v := env.get("REDIS_URL"):
             values["redis_url"] = v
+        if env.get("LAZY_LOAD", "").lower() in ("1", "true", "yes"):
+            values["lazy_load"] = True
         for name, key in CLUSTER_INT_ENV:
             if v := env.get(name):
                 values[key] = parse_positive_int(v, name)

@@ -173,7 +173,8 @@ def test_api_keys_no_key_wrong_key_right_key(tiny_models: Path, tmp_path: Path) 
     app = create_app(settings_for(tiny_models, tmp_path, api_keys=("key-one", "key-two")))
     body = {"prompt": "x", "size": "64x64", "step": 1, "response_format": "b64_json"}
     with TestClient(app) as client:
-        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+        assert client.get("/healthz").status_code == 200
+        wait_until(lambda: client.get("/readyz").status_code == 200, "the default model to warm up")
         missing = error_of(client.post("/v1/images/generations", json=body), 401)
         assert missing["type"] == "authentication_error" and missing["code"] == "missing_api_key"
         wrong = client.get("/v1/models", headers={"Authorization": "Bearer key-three"})
@@ -193,6 +194,7 @@ def test_model_lists_and_health(client: TestClient) -> None:
             "tinydream",
         }
     assert client.get("/healthz").status_code == 200
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the default model to warm up")
     ready = client.get("/readyz").json()
     assert ready["ready"] is True and ready["running"] == 0
 
@@ -219,3 +221,13 @@ def test_cors_preflight_when_enabled(tiny_models: Path, tmp_path: Path) -> None:
             "access-control-allow-origin"
             not in client.options("/v1/images/generations", headers=headers).headers
         )
+
+
+def test_the_default_model_is_warm_before_readyz_says_ready(tiny_models: Path, tmp_path: Path) -> None:
+    """serve loads the default model's nets at start (readyz 503 meanwhile); --lazy-load leaves it to a request."""
+    with TestClient(create_app(settings_for(tiny_models, tmp_path))) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, "the default model to warm up")
+        assert client.get("/readyz").json()["loaded_models"] == ["stablediffusion"]
+    with TestClient(create_app(settings_for(tiny_models, tmp_path, lazy_load=True))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["loaded_models"] == []

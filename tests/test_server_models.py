@@ -149,7 +149,7 @@ def test_a_failing_preload_is_reported_and_the_server_still_starts(
     preload = f'[{{"url": "{gallery.url}/missing.yaml"}}]'
     settings = Settings(models_path=tmp_path / "models", preload_models=preload, download_retries=1)
     with live_server(create_app(settings)) as url:
-        assert httpx.get(f"{url}/readyz").status_code == 200
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "readiness")
     assert any(
         "preloading models failed" in r.message and "missing.yaml" in r.message for r in caplog.records
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from server_helpers import live_server
+from server_helpers import live_server, wait_until
 
 from localai_sd.server.app import create_app
 from localai_sd.server.csrf import host_allowed, same_origin, split_host
@@ -136,6 +136,7 @@ def test_malformed_bodies_are_400_not_500(client: TestClient, body: str, param: 
 
 def test_head_health_x_api_key_and_untrusted_forwarded_headers(tiny_models: Path, tmp_path: Path) -> None:
     with TestClient(create_app(settings_for(tiny_models, tmp_path, api_keys=("k1",)))) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, "the default model to warm up")
         for path in ("/healthz", "/readyz"):
             head = client.head(path)
             assert head.status_code == 200 and head.content == b""

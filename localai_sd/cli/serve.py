@@ -60,6 +60,7 @@ def build_settings(
     low_memory: bool | None = None,
     mode: str | None = None,
     no_studio: bool | None = None,
+    lazy_load: bool | None = None,
     max_memory: str | None = None,
     allow_local_dirs: list[Path] | None = None,
     allow_private_hosts: bool | None = None,
@@ -109,6 +110,7 @@ def build_settings(
         low_memory=low_memory or None,
         default_mode=check_default_mode(mode) if mode is not None else None,
         studio=False if no_studio else None,
+        lazy_load=lazy_load or None,
         max_memory_bytes=parse_memory_size(max_memory, "--max-memory") if max_memory else None,
         local_install_dirs=tuple(allow_local_dirs) if allow_local_dirs else None,
         allow_private_hosts=allow_private_hosts or None,
@@ -226,6 +228,14 @@ def register(app: typer.Typer) -> None:
         no_studio: Annotated[
             bool, typer.Option("--no-studio", help="Do not serve the studio web page at / (STUDIO=false).")
         ] = False,
+        lazy_load: Annotated[
+            bool,
+            typer.Option(
+                "--lazy-load",
+                envvar="LAZY_LOAD",
+                help="Load the default model on the first request, not at start (then /readyz is ready at once).",
+            ),
+        ] = False,
         mode: Annotated[
             str | None,
             typer.Option(
@@ -304,6 +314,7 @@ def register(app: typer.Typer) -> None:
             low_memory=low_memory,
             mode=mode,
             no_studio=no_studio,
+            lazy_load=lazy_load,
             max_memory=max_memory,
             allow_local_dirs=allow_local_dirs,
             allow_private_hosts=allow_private_hosts,

@@ -99,6 +99,17 @@ async def preload_models(state: ServerState) -> None:
         LOG.error("preloading models failed: %s", exc)
 
 
+async def warm_up(state: ServerState) -> None:
+    """Load the default model's nets in the background, then say ready (``/readyz`` answers 503 until then);
+    at once with ``--lazy-load`` or when workers run the models (``--redis``)."""
+    if not (state.settings.lazy_load or state.settings.redis_url):
+        try:
+            LOG.info("%s", await run_in_threadpool(state.warm_default_model))
+        except Exception:  # a model that fails to load is reported by the request that needs it
+            LOG.exception("warming the default model failed")
+    state.ready = True
+
+
 def make_lifespan(state: ServerState) -> Any:
     """Startup: create dirs, preload, start workers and cleanup. Shutdown: cancel and free everything."""
 
@@ -115,16 +126,17 @@ def make_lifespan(state: ServerState) -> Any:
         await preload_models(state)
         state.backend.start()
         sweeper = asyncio.create_task(sweep_images(state))
-        state.ready = True
+        warmer = asyncio.create_task(warm_up(state))
         unhook = on_first_signal(lambda: begin_shutdown(state.queue, state.installs))
         try:
             yield
         finally:
             unhook()
             state.ready = False
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, warmer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await run_in_threadpool(state.backend.stop)
             await run_in_threadpool(state.installs.stop)
             await run_in_threadpool(state.models.close)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from localai_sd import intake
-from localai_sd.errors import InvalidRequest, ModelConfigError
+from localai_sd.errors import InvalidRequest, LocalAISDError, ModelConfigError
 from localai_sd.jobs.backend import JobBackend
 from localai_sd.models import ModelConfig, load_config
 from localai_sd.pipeline import memory
@@ -94,6 +94,20 @@ class ServerState:
             check_can_edit(config)
             warnings = prepare_edit(edit, request.width, request.height).warnings
         return Prepared(self.admit(request, config), config, edit, warnings)
+
+    def warm_default_model(self) -> str:
+        """Load the nets the default model's default request needs (UNet and decoder at its size and mode),
+        so the first request pays no load; what was done, for the log."""
+        try:
+            prepared = self.prepare_request(intake.RawRequest(prompt=""), None)
+        except LocalAISDError as exc:
+            return f"not warming the default model: {exc}"
+        request = prepared.request
+        with self.models.lease(prepared.config) as pipeline:
+            warm = getattr(pipeline, "warm", None)  # test pipelines may have none
+            if warm is not None:
+                warm(request.width, request.height, request.mode)
+        return f"warmed {prepared.config.name!r} at {request.size}, mode {request.mode_label}"
 
     def admit(self, request: GenerationRequest, config: ModelConfig) -> GenerationRequest:
         """Resolve ``mode: auto`` and set the decoder tiling if the estimated peak fits the budget (else 400)."""
