@@ -143,20 +143,11 @@ def run_case(assets: str, case: Case, threads: int | None) -> Result:
     else:
         sd.warm(width, height, request.mode)
     load_s = time.perf_counter() - start
-    unet_before = sd.unet(width, height, request.mode, guided=request.cfg_scale != 1.0)
-    runs_before = unet_before.runs
     start = time.perf_counter()
     sd.generate(request, edit=edit)
     request_s = time.perf_counter() - start
     t = sd.timings
-    unet = sd.nets.loaded("unet")
-    runs = (unet.runs if unet is not None else 0) - (runs_before if unet is unet_before else 0)
-    partial = 0
-    if request.deepcache_interval > 1:
-        from localai_sd.pipeline.deepcache import unet_passes
-
-        calls = runs // (1 if request.cfg_scale == 1.0 else 2)
-        partial = unet_passes(calls, request.deepcache_interval)[1] * (runs // max(calls, 1))
+    runs, partial = t.unet_passes, t.unet_partial
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / GB
     sd.close()
     return Result(case, load_s, request_s, t.vae_encode, t.sample, t.decode, runs - partial, partial, peak)

@@ -62,6 +62,7 @@ def test_deepcache_runs_full_passes_every_interval_and_partial_between(sd: Stabl
     runs, png, parameters = unet_runs(sd, req)
     assert runs == 40, "every call still runs a pass per branch; 7 of each 20 are full"
     assert "DeepCache interval: 3" in parameters
+    assert (sd.timings.unet_passes, sd.timings.unet_partial) == (40, 26), "20 calls: 7 full, 13 partial per branch"
     _, exact_png, _ = unet_runs(sd, replace(req, deepcache_interval=1))
     assert png != exact_png
     again = unet_runs(sd, req)[1]

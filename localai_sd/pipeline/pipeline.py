@@ -94,6 +94,9 @@ class Timings:
     decode: float = 0.0
     total: float = 0.0
     ncnn: float = 0.0
+    #: UNet passes of the request, and how many of them were DeepCache's partial (shallow) ones.
+    unet_passes: int = 0
+    unet_partial: int = 0
 
 
 def guidance_limits(request: GenerationRequest) -> GuidanceLimits | None:
@@ -308,10 +311,14 @@ class StableDiffusion:
             sigmas = img2img_sigmas(sigmas, edit.strength)
         limits = guidance_limits(request)
 
+        caches: list[DeepCache] = []
+        runs_before = unet.runs
+
         def guided_model() -> Denoiser:
             """The CFG denoiser, over DeepCache when asked (a fresh cache per image)."""
             if request.deepcache_interval > 1:
                 cache = DeepCache(unet, request.deepcache_interval)
+                caches.append(cache)
                 guided = cfg_denoiser(
                     cache, self.schedule, cond, uncond, request.cfg_scale, pair=cache.pair, limits=limits
                 )
@@ -390,6 +397,8 @@ class StableDiffusion:
             )
             timings.decode += time.perf_counter() - t0
 
+        timings.unet_passes = unet.runs - runs_before
+        timings.unet_partial = sum(cache.partial_passes for cache in caches)
         timings.total = time.perf_counter() - start
         timings.ncnn = self.nets.ncnn_seconds - ncnn_before
         self.timings = timings
