@@ -62,7 +62,9 @@ def test_deepcache_runs_full_passes_every_interval_and_partial_between(sd: Stabl
     runs, png, parameters = unet_runs(sd, req)
     assert runs == 40, "every call still runs a pass per branch; 7 of each 20 are full"
     assert "DeepCache interval: 3" in parameters
-    assert (sd.timings.unet_passes, sd.timings.unet_partial) == (40, 26), "20 calls: 7 full, 13 partial per branch"
+    assert (sd.timings.unet_passes, sd.timings.unet_partial) == (40, 26), (
+        "20 calls: 7 full, 13 partial per branch"
+    )
     _, exact_png, _ = unet_runs(sd, replace(req, deepcache_interval=1))
     assert png != exact_png
     again = unet_runs(sd, req)[1]
@@ -108,3 +110,18 @@ def test_tiled_decode_through_the_pipeline_matches_the_whole_decode(sd: StableDi
     b = np.asarray(Image.open(io.BytesIO(tiled.png)), dtype=np.int16)
     assert a.shape == b.shape == (192, 256, 3)
     assert np.abs(a - b).max() <= 1, "the tiny decoder is local, so tiles with overlap match to rounding"
+
+
+def test_guidance_limits_load_the_unet_on_all_threads(tiny_models: Path) -> None:
+    """A call that skips the uncond pass runs one pass: side-by-side lanes would give it half the cores."""
+    from localai_sd.pipeline.pipeline import runs_in_pairs
+
+    assert runs_in_pairs(request()) and not runs_in_pairs(request(cfg_scale=1.0))
+    assert not runs_in_pairs(request(guidance_interval=[0.28, 5.42]))
+    assert not runs_in_pairs(request(s_min_uncond=1.0))
+    two = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=2)
+    two.generate(request(steps=2))
+    assert two.nets.loaded("unet").lanes == 2  # type: ignore[union-attr]
+    two.generate(request(steps=2, guidance_interval=[0.28, 5.42]))
+    assert two.nets.loaded("unet").lanes == 1  # type: ignore[union-attr]
+    two.close()

@@ -119,7 +119,8 @@ class MemoryEstimate:
 def setup_for(request: GenerationRequest, *, low_memory: bool, threads: int | None, backend: str) -> Setup:
     """The Setup a StableDiffusion with these settings uses for ``request`` (see ``StableDiffusion.unet``)."""
     cores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    side_by_side = not low_memory and request.cfg_scale != 1.0 and (cores or 1) >= 2
+    guidance_limited = request.guidance_interval is not None or request.s_min_uncond > 0
+    side_by_side = not low_memory and request.cfg_scale != 1.0 and not guidance_limited and (cores or 1) >= 2
     return Setup(low_memory=low_memory, lanes=2 if side_by_side else 1)
 
 
