@@ -222,9 +222,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, action="append")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--only", action="append", help="run only the cases whose name contains this (repeatable)"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    plan = cases(args.suite, args.size or [256])
+    plan = [
+        c
+        for c in cases(args.suite, args.size or [256])
+        if not args.only or any(o in c.name for o in args.only)
+    ]
     results: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
         for case in plan:  # interleaved: every case once per round
