@@ -304,7 +304,9 @@ def test_lcm_jumps_to_denoised_then_renoises_to_the_next_sigma() -> None:
     assert SAMPLER_LABELS["lcm"] == "LCM"
 
 
-def test_lcm_with_a_posterior_mean_denoiser_follows_its_variance_recursion(schedule: DiscreteSchedule) -> None:
+def test_lcm_with_a_posterior_mean_denoiser_follows_its_variance_recursion(
+    schedule: DiscreteSchedule,
+) -> None:
     """LCM expects a consistency model (which returns a sample); fed the exact posterior mean of N(mu, s²) it
     shrinks: Var(D(x_i)) = (s²/(s²+σ_i²))² Var(x_i) and Var(x_{i+1}) = Var(D(x_i)) + σ_{i+1}²."""
     mu, s = 0.5, 1.0
