@@ -6,7 +6,9 @@
    ``--step-seconds`` per step (so that the jobs, not the 2-core test box, are the bottleneck).
 
 Starts its own loopback redis-server and worker processes; writes benchmarks/results/cluster.json with the
-CPU (lscpu model and flags). Usage: ``python benchmarks/cluster.py [--jobs 20] [--step-seconds 0.25]``.
+CPU (lscpu model and flags). Usage: ``python benchmarks/cluster.py [--jobs 20] [--step-seconds 0.25]``;
+``python benchmarks/cluster.py --real ../shared/sd-ncnn/assets --jobs 3`` measures the overhead per job on the
+real architecture at 256 (cluster-real-256.json).
 """
 
 from __future__ import annotations
@@ -44,14 +46,15 @@ def tiny_models(root: Path) -> Path:
     return root
 
 
-def latencies_ms(base: str, jobs: int) -> list[float]:
+def latencies_ms(base: str, jobs: int, body: dict | None = None, timeout: float = 60) -> list[float]:
     """Wall time of ``jobs`` sequential generations, ms (after one warm-up)."""
-    httpx.post(f"{base}/v1/images/generations", json=BODY, timeout=60).raise_for_status()
+    body = BODY if body is None else body
+    httpx.post(f"{base}/v1/images/generations", json=body, timeout=timeout).raise_for_status()
     times = []
     for seed in range(jobs):
         start = time.perf_counter()
         httpx.post(
-            f"{base}/v1/images/generations", json={**BODY, "seed": seed}, timeout=60
+            f"{base}/v1/images/generations", json={**body, "seed": seed}, timeout=timeout
         ).raise_for_status()
         times.append((time.perf_counter() - start) * 1000)
     return times
@@ -71,12 +74,57 @@ def jobs_per_minute(base: str, jobs: int, clients: int = 8) -> float:
     return jobs / (time.perf_counter() - start) * 60
 
 
+#: The real-architecture request: the default one at 256x256 (15 steps), mode 1.
+REAL_BODY = {"prompt": "a red house|blurry", "size": "256x256", "step": 15, "seed": 42, "mode": 1,
+             "response_format": "b64_json"}  # fmt: skip
+
+
+def real_overhead(assets: Path, jobs: int) -> None:
+    """Overhead per job on the real architecture at 256 (real .params, synthetic weights of the real size):
+    the same request to a local ``serve`` and through Redis to one ``local-ai worker``; writes cluster-real-256."""
+    from localai_sd.testing.synthetic import build_synthetic_assets
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        models = tmp / "models"
+        build_synthetic_assets(models / "sd_assets", assets)
+        (models / "stablediffusion.yaml").write_text(
+            "name: stablediffusion\nbackend: stablediffusion\nparameters:\n  model: sd_assets\n"
+        )
+        local = create_app(Settings(models_path=models, image_path=tmp / "local-images"))
+        with live_server(local) as base:
+            local_ms = latencies_ms(base, jobs, REAL_BODY, timeout=900)
+        (tmp / "redis").mkdir()
+        with redis_server(tmp / "redis") as redis:
+            settings = cluster_settings(
+                models, redis.url, tmp, job_timeout_floor_seconds=900, step_seconds_512=12.0
+            )
+            with live_server(create_app(settings)) as base, workers(redis.url, models, tmp, "w1", cli=True):
+                cluster_ms = latencies_ms(base, jobs, REAL_BODY, timeout=900)
+    result = {
+        "cpu": lscpu(),
+        "request": REAL_BODY,
+        "jobs": jobs,
+        "local_ms": [round(t) for t in local_ms],
+        "cluster_ms": [round(t) for t in cluster_ms],
+        "overhead_ms_median": round(statistics.median(cluster_ms) - statistics.median(local_ms), 1),
+        "overhead_share": round(statistics.median(cluster_ms) / statistics.median(local_ms) - 1, 4),
+    }
+    out = ROOT / "benchmarks" / "results" / "cluster-real-256.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "cpu"}, indent=2))
+
+
 def main() -> None:
     """Measure and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--step-seconds", type=float, default=0.25)
+    parser.add_argument("--real", type=Path, help="the real .param dir: measure the overhead at 256 instead")
     args = parser.parse_args()
+    if args.real is not None:
+        real_overhead(args.real, args.jobs)
+        return
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         models = tiny_models(tmp / "models")

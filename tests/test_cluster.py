@@ -152,3 +152,43 @@ def test_model_without_worker_is_refused_at_once_and_a_stranded_job_fails(
         assert "no worker" in status(base, stranded)["error"]
         result = httpx.get(f"{base}/v1/images/jobs/{stranded}/result", timeout=10)
         assert result.status_code == 503 and result.json()["error"]["code"] == "no_worker"
+
+
+def test_an_edit_through_the_cluster_keeps_unmasked_pixels_and_matches_local(
+    tiny_models: Path, fresh: RedisServer, tmp_path: Path
+) -> None:
+    """An inpainting edit (multipart, mask with alpha) runs on a worker: unmasked pixels come back bit-identical
+    to the input, and the image equals the one the local queue gives for the same seed."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.full((64, 64, 4), 255, np.uint8)
+    mask[16:32, 16:32, 3] = 0  # transparent = repaint (OpenAI's rule)
+
+    def png(array: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(array).save(out, format="PNG")
+        return out.getvalue()
+
+    files = {"image": ("photo.png", png(photo), "image/png"), "mask": ("mask.png", png(mask), "image/png")}
+    fields = {"prompt": "a red square", "step": "3", "seed": "7", "response_format": "b64_json", "mode": "0"}
+
+    def edit(base: str) -> bytes:
+        response = httpx.post(f"{base}/v1/images/edits", files=files, data=fields, timeout=120)
+        assert response.status_code == 200, response.text
+        return base64.b64decode(response.json()["data"][0]["b64_json"])
+
+    app = create_app(cluster_settings(tiny_models, fresh.url, tmp_path))
+    with workers(fresh.url, tiny_models, tmp_path, "w1"), live_server(app) as base:
+        clustered = edit(base)
+    local = create_app(cluster_settings(tiny_models, None, tmp_path / "local"))  # type: ignore[arg-type]
+    with live_server(local) as base:
+        assert edit(base) == clustered
+    pixels = np.asarray(Image.open(io.BytesIO(clustered)).convert("RGB"))
+    keep = np.ones((64, 64), bool)
+    keep[16 - 12 : 32 + 12, 16 - 12 : 32 + 12] = False  # the masked square and the blur around it
+    np.testing.assert_array_equal(pixels[keep], photo[keep])
