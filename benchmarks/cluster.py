@@ -99,7 +99,10 @@ def real_overhead(assets: Path, jobs: int) -> None:
             settings = cluster_settings(
                 models, redis.url, tmp, job_timeout_floor_seconds=900, step_seconds_512=12.0
             )
-            with live_server(create_app(settings)) as base, workers(redis.url, models, tmp, "w1", cli=True):
+            with (
+                live_server(create_app(settings)) as base,
+                workers(redis.url, models, tmp, "w1", cli=True, threads=None),
+            ):
                 cluster_ms = latencies_ms(base, jobs, REAL_BODY, timeout=900)
     result = {
         "cpu": lscpu(),

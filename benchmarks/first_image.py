@@ -77,7 +77,7 @@ def serve_first_request(models: Path, size: int, lazy: bool) -> dict[str, float]
             try:
                 if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading
                 pass
             time.sleep(0.1)
         ready_s = time.perf_counter() - start

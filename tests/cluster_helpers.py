@@ -107,17 +107,27 @@ class Worker:
 
 
 def start_worker(
-    redis_url: str, models: Path, name: str, logdir: Path, *, step_seconds: float = 0.0, cli: bool = False
+    redis_url: str,
+    models: Path,
+    name: str,
+    logdir: Path,
+    *,
+    step_seconds: float = 0.0,
+    cli: bool = False,
+    threads: int | None = 1,
 ) -> Worker:
-    """Start a worker process and wait until it is registered as alive for ``sd:stablediffusion``."""
+    """Start a worker process and wait until it is registered as alive for ``sd:stablediffusion``.
+
+    ``threads`` None leaves ncnn and OpenMP their default (every core), for benchmarks."""
     if cli:
         command = [str(Path(sys.executable).parent / "local-ai"), "worker", "--redis", redis_url,
-                   "--models-path", str(models), "--model", "stablediffusion", "--name", name, "--threads", "1"]  # fmt: skip
+                   "--models-path", str(models), "--model", "stablediffusion", "--name", name]  # fmt: skip
+        command += [] if threads is None else ["--threads", str(threads)]
     else:
         command = [sys.executable, str(HERE / "cluster_worker.py"), "--redis", redis_url, "--models-path",
                    str(models), "--name", name, "--step-seconds", str(step_seconds)]  # fmt: skip
     log = logdir / f"{name}.log"
-    env = {**os.environ, **WORKER_ENV, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **WORKER_ENV, **({} if threads is None else {"OMP_NUM_THREADS": str(threads)})}
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     worker = Worker(process, name, log)
@@ -143,12 +153,16 @@ def alive(redis_url: str, name: str) -> bool:
 
 @contextmanager
 def workers(redis_url: str, models: Path, logdir: Path, *names: str, step_seconds: float = 0.0,
-            cli: bool = False) -> Iterator[list[Worker]]:  # fmt: skip
+            cli: bool = False, threads: int | None = 1) -> Iterator[list[Worker]]:  # fmt: skip
     """Worker processes for the block, stopped at its end."""
     started: list[Worker] = []
     try:
         for name in names:
-            started.append(start_worker(redis_url, models, name, logdir, step_seconds=step_seconds, cli=cli))
+            started.append(
+                start_worker(
+                    redis_url, models, name, logdir, step_seconds=step_seconds, cli=cli, threads=threads
+                )
+            )
         yield started
     finally:
         for worker in started:
