@@ -41,6 +41,11 @@ def _source(assets: AssetSet, net: str, weights: nets.Weights | SyntheticSource 
     return weights
 
 
+def _param(assets: AssetSet, net: str, width: int, height: int) -> tuple[str, str]:
+    """The param text of ``net`` for a width x height image, and the name of the file it came from."""
+    return assets.param_text(net, width, height), assets.param_path(net, width, height).name
+
+
 def bin_weights(assets: AssetSet) -> WeightsFor:
     """Weights from the asset set's .bin files."""
     return assets.weights_path
@@ -71,8 +76,7 @@ def load_unet(
 ) -> nets.UNet:
     """The UNet of ``assets`` for a width x height image in LocalAI ``mode``."""
     return nets.UNet.load(
-        assets.param_text("unet", width, height),
-        assets.param_path("unet", width, height).name,
+        *_param(assets, "unet", width, height),
         _source(assets, "unet", weights),
         width,
         height,
@@ -94,8 +98,7 @@ def load_decoder(
     """The VAE decoder of ``assets`` for a width x height image."""
     name = "vae_decoder"
     return nets.VAEDecoder.load(
-        assets.param_text(name, width, height),
-        assets.param_path(name, width, height).name,
+        *_param(assets, name, width, height),
         _source(assets, name, weights),
         width,
         height,
@@ -115,8 +118,7 @@ def load_encoder(
     """The img2img VAE encoder of ``assets`` for a width x height image."""
     name = "vae_encoder"
     return nets.VAEEncoder.load(
-        assets.param_text(name, width, height),
-        assets.param_path(name, width, height).name,
+        *_param(assets, name, width, height),
         _source(assets, name, weights),
         width,
         height,
