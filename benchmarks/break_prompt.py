@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,9 +23,12 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serving import CLI, free_port
 
 from localai_sd.benchmark import machine_info
-from localai_sd.testing.synthetic import build_synthetic_assets
+from localai_sd.testing.synthetic import install_synthetic_model
 
 DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "sd-ncnn" / "assets"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,12 +50,6 @@ def memory(pid: int) -> dict[str, float]:
     return fields
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=Path, default=DEFAULT_ASSETS)
@@ -61,18 +57,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        build_synthetic_assets(models / "sd_assets", args.assets)
-        (models / "stablediffusion.yaml").write_text(
-            "name: stablediffusion\nbackend: stablediffusion\nparameters:\n  model: sd_assets\n"
-        )
+        models = install_synthetic_model(Path(tmp) / "models", args.assets)
         port = free_port()
         env = {**os.environ, "MAX_MEMORY": "64G"}
         server = subprocess.Popen(
             [
-                sys.executable,
-                "-c",
-                "from localai_sd.cli.app import main; main()",
+                *CLI,
                 "serve",
                 "--address",
                 f"127.0.0.1:{port}",

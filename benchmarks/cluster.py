@@ -82,15 +82,11 @@ REAL_BODY = {"prompt": "a red house|blurry", "size": "256x256", "step": 15, "see
 def real_overhead(assets: Path, jobs: int) -> None:
     """Overhead per job on the real architecture at 256 (real .params, synthetic weights of the real size):
     the same request to a local ``serve`` and through Redis to one ``local-ai worker``; writes cluster-real-256."""
-    from localai_sd.testing.synthetic import build_synthetic_assets
+    from localai_sd.testing.synthetic import install_synthetic_model
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        models = tmp / "models"
-        build_synthetic_assets(models / "sd_assets", assets)
-        (models / "stablediffusion.yaml").write_text(
-            "name: stablediffusion\nbackend: stablediffusion\nparameters:\n  model: sd_assets\n"
-        )
+        models = install_synthetic_model(tmp / "models", assets)
         local = create_app(Settings(models_path=models, image_path=tmp / "local-images"))
         with live_server(local) as base:
             local_ms = latencies_ms(base, jobs, REAL_BODY, timeout=900)

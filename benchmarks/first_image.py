@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,20 +21,16 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serving import CLI, free_port
 
 from localai_sd.benchmark import machine_info
-from localai_sd.testing.synthetic import build_synthetic_assets
+from localai_sd.testing.synthetic import install_synthetic_model
 
 DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "sd-ncnn" / "assets"
 RESULTS = Path(__file__).resolve().parent / "results"
-CLI = [sys.executable, "-c", "from localai_sd.cli.app import main; main()"]
 PROMPT = "a photograph of an astronaut riding a horse|blurry"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cold_generate(models: Path, size: int, out: Path) -> dict[str, float]:
@@ -101,11 +96,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        build_synthetic_assets(models / "sd_assets", args.assets)
-        (models / "stablediffusion.yaml").write_text(
-            f"name: stablediffusion\nbackend: stablediffusion\nparameters:\n  model: sd_assets\nsize: {args.size}x{args.size}\n"
-        )
+        size = f"size: {args.size}x{args.size}\n"
+        models = install_synthetic_model(Path(tmp) / "models", args.assets, extra_yaml=size)
         os.environ.setdefault("MAX_MEMORY", "64G")
         for repeat in range(args.repeats):
             for case in ("generate (cold CLI)", "serve", "serve --lazy-load"):

@@ -61,15 +61,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_models(tmp_path_factory: pytest.TempPathFactory, shared_assets: Path) -> Path:
     """A models dir whose ``stablediffusion`` has the real .param files and synthetic weights of the real size."""
-    from localai_sd.testing.synthetic import build_synthetic_assets
+    from localai_sd.testing.synthetic import install_synthetic_model
 
-    models = tmp_path_factory.mktemp("synthetic-models")
-    build_synthetic_assets(models / "stablediffusion_assets", shared_assets)
-    (models / "stablediffusion.yaml").write_text(
-        "name: stablediffusion\nbackend: stablediffusion\nparameters:\n  model: stablediffusion_assets\n",
-        encoding="utf-8",
-    )
-    return models
+    return install_synthetic_model(tmp_path_factory.mktemp("synthetic-models"), shared_assets)
 
 
 @pytest.fixture(scope="module")

@@ -170,3 +170,15 @@ def build_synthetic_assets(dest: Path, source_assets: Path, *, seed: int = 0) ->
         if expected is not None and size != expected:
             raise AssetError(f"synthetic {files.weights} has {size} bytes; the real file has {expected}")
     return dest
+
+
+def install_synthetic_model(
+    models: Path, source_assets: Path, *, name: str = "stablediffusion", extra_yaml: str = ""
+) -> Path:
+    """A models dir holding ``name``: the real .param files with synthetic weights, and its config; returns it."""
+    build_synthetic_assets(models / f"{name}_assets", source_assets)
+    (models / f"{name}.yaml").write_text(
+        f"name: {name}\nbackend: stablediffusion\nparameters:\n  model: {name}_assets\n{extra_yaml}",
+        encoding="utf-8",
+    )
+    return models
