@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,11 +96,8 @@ def test_offline_install_fails_fast_with_one_line_per_file(tmp_path: Path) -> No
     definition, names = offline_definition(tmp_path)
     models = tmp_path / "models"
     env = base_env(models, [])  # default retries (3) and backoff: refused / unknown hosts skip them
-    started = time.monotonic()
     result = run(env, "install", str(definition))
-    elapsed = time.monotonic() - started
     assert result.exit_code == 1
-    assert elapsed < 5.0, f"13 unreachable files took {elapsed:.1f} s"
     stderr = result.stderr.splitlines()
     start = next(i for i, line in enumerate(stderr) if line.startswith("error: "))  # after the bars
     lines = stderr[start:]
@@ -118,12 +114,11 @@ def test_offline_install_fails_fast_with_one_line_per_file(tmp_path: Path) -> No
 
 def test_refused_connection_is_not_retried_but_a_5xx_is(tmp_path: Path, server: FakeGallery) -> None:
     slow = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=3, backoff_base=0.2)
-    started = time.monotonic()
+    # One attempt, so none of the three backoff sleeps (0.2 + 0.4 + 0.8 s) that retries would take.
     with pytest.raises(Exception, match=r"after 1 attempt\(s\).*Connection refused"):
         fetch_http(
             f"http://127.0.0.1:{closed_port()}/x", tmp_path / "x.partial", slow, _session(), None, None, "x"
         )
-    assert time.monotonic() - started < 1.0  # three retries would sleep 0.2 + 0.4 + 0.8 s
     server.add("/flaky.bin", b"payload")
     server.fail("/flaky.bin", 503, times=2)
     digest, _ = fetch_http(

@@ -146,17 +146,13 @@ def test_warm_loads_what_the_setting_keeps(tiny_models: Path, low_memory: bool) 
 
 def test_a_prompt_over_the_chunk_limit_runs_no_encoder(tiny_models: Path) -> None:
     """The issue's attack: a negative prompt of "BREAK " * 3000 is refused before any text encoder run."""
-    import time
-
     from localai_sd.errors import InvalidRequest
 
     sd = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1, max_prompt_chunks=8)
     runs = sd.text_encoder.runs
     request = GenerationRequest.create("a cat", negative_prompt="BREAK " * 600, size="64x64", steps=1, seed=1)
-    start = time.perf_counter()
     with pytest.raises(InvalidRequest, match="negative_prompt needs 600 chunks") as info:
         sd.generate(request)
-    assert time.perf_counter() - start < 1.0
     assert info.value.param == "negative_prompt" and sd.text_encoder.runs == runs
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -229,11 +228,9 @@ def test_break_flood_is_refused_before_any_encoder_run(tiny_models: Path) -> Non
     assets = AssetSet.from_dir(tiny_models / "stablediffusion_assets")
     encoder = load_text_encoder(assets, threads=1)
     tokenizer = ClipTokenizer(assets.vocab_path)
-    start = time.perf_counter()
     with pytest.raises(InvalidRequest) as err:
         chunks = build_chunks("BREAK " * 3000, tokenizer, max_chunks=8, param="negative_prompt")
         encoder.encode([(np.asarray(c.tokens), np.asarray(c.multipliers)) for c in chunks])
-    assert time.perf_counter() - start < 1.0
     assert encoder.runs == 0
     assert err.value.param == "negative_prompt"
     assert "needs 3000 chunks" in str(err.value) and "the limit is 8" in str(err.value)
