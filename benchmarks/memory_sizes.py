@@ -46,8 +46,9 @@ def measure_one(assets: Path, net: str, size: int, mode: int, threads: int | Non
     start = memory_bytes()["VmRSS"]
     t0 = time.perf_counter()
     latent = np.random.default_rng(0).standard_normal((4, size // 8, size // 8)).astype(np.float32)
-    if net == "unet":
-        model = load_unet(asset_set, size, size, mode=mode, threads=threads, weights=synthetic)
+    if net in ("unet", "unet-low-memory"):  # the low-memory setting's UNet: winograd off on maps up to 16
+        extent = {"unet-low-memory": {"plain_max_extent": 16}}.get(net, {})
+        model = load_unet(asset_set, size, size, mode=mode, threads=threads, weights=synthetic, **extent)
         loaded, loaded_peak = memory_bytes()["VmRSS"], memory_bytes()["VmHWM"]
         cond = np.zeros((77, 768), dtype=np.float32)
         t1 = time.perf_counter()
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> int:
     points = []
     for net in args.nets.split(","):
         for size in sizes:
-            for mode in modes if net == "unet" else [0]:
+            for mode in modes if net.startswith("unet") else [0]:
                 command = [sys.executable, __file__, "--one", "--assets", str(args.assets), "--nets", net,
                            "--sizes", str(size), "--modes", str(mode)]  # fmt: skip
                 if args.threads:

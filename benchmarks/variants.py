@@ -69,6 +69,8 @@ class Case:
     mode: int = 1
     steps: int = 15
     low_memory: bool = False
+    #: Run each step's cond and uncond passes one after the other on all threads (not side by side).
+    in_turn: bool = False
 
 
 @dataclass
@@ -120,6 +122,7 @@ def run_case(assets: str, case: Case, threads: int | None) -> Result:
     sd = StableDiffusion.from_dir(
         Path(assets), threads=threads, synthetic=SyntheticWeights(), low_memory=case.low_memory
     )
+    sd.nets.parallel_guidance = not case.in_turn
     fields = {k: v for k, v in case.fields.items() if k != "edit"}
     request = GenerationRequest.create(
         PROMPT,
@@ -211,6 +214,7 @@ def cases(suite: str, sizes: list[int]) -> list[Case]:
     for size in sizes:
         out += [Case(name, (size, size), fields) for name, fields in table.items()]
         if suite == "speedups":
+            out.append(Case("exact, cond and uncond in turn", (size, size), {}, in_turn=True))
             out.append(Case("LocalAI-equivalent", (size, size), {}))
     return out
 

@@ -16,7 +16,9 @@ from localai_sd.pipeline.request import GenerationRequest
 
 @pytest.fixture(scope="module")
 def sd(tiny_models: Path) -> StableDiffusion:
-    return StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1)
+    model = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1)
+    model.nets.keep_text_encoder = True  # these tests count runs on one text encoder across requests
+    return model
 
 
 def request(**kwargs: object) -> GenerationRequest:
@@ -112,6 +114,32 @@ def test_low_memory_never_holds_two_big_nets(tiny_models: Path, monkeypatch: pyt
     ]
     assert "vae_decoder" not in low.nets.resident
     low.close()
+
+
+def test_default_setting_samples_and_decodes_without_the_text_encoder(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text encoder is released once the prompts are encoded, and comes back for the next request."""
+    default = StableDiffusion.load(load_config(tiny_models, "stablediffusion"), threads=1)
+    default.warm(64, 64, 0)
+    seen: list[str] = []
+    decode = nets.VAEDecoder.__call__
+
+    def spy(decoder: nets.VAEDecoder, latent: object) -> object:
+        seen.append(" ".join(default.nets.resident))
+        return decode(decoder, latent)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nets.VAEDecoder, "__call__", spy)
+    assert default.nets.resident == [
+        "text_encoder",
+        "unet",
+        "vae_decoder",
+    ]  # warm: ready for the first prompt
+    for _ in range(2):  # the second request loads the text encoder again
+        assert len(default.generate(request())) == 1
+        assert default.nets.resident == ["unet", "vae_decoder"]
+    assert seen == ["unet vae_decoder", "unet vae_decoder"]
+    default.close()
 
 
 def test_side_by_side_guidance_gives_the_same_images(tiny_models: Path) -> None:

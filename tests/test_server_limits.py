@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from localai_sd.pipeline import memory
 from localai_sd.pipeline.memory import estimate
+from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.server.app import create_app
 from localai_sd.server.schemas import ImageGenerationBody
 from localai_sd.settings import Settings
@@ -72,19 +73,23 @@ def test_total_work_counts_pixels(client: TestClient) -> None:
 def test_memory_budget_refuses_what_does_not_fit_and_tiles_what_needs_it(
     tiny_models: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(models_path=tiny_models, image_path=tmp_path / "images", max_memory_bytes=8 * GIB)
+    # A budget just under the whole-image 512x512 mode-0 estimate, so 512x512 only fits with a tiled decode.
+    large = GenerationRequest.create("x", size="512x512", mode=0)
+    setup = memory.setup_for(large, low_memory=False, threads=None, backend="stablediffusion")
+    budget = estimate(512, 512, 0, setup).peak - 1
+    assert estimate(512, 512, 0, setup, decode_tile=48).peak <= budget
+    settings = Settings(models_path=tiny_models, image_path=tmp_path / "images", max_memory_bytes=budget)
     with TestClient(create_app(settings)) as client:
         body = {"prompt": "x", "size": "1024x1024", "mode": 1, "step": 1}
         error = error_of(client.post(GENERATE, json=body), 400)
-        assert error["param"] == "size" and "the memory limit is 8.6 GB" in str(error["message"])
+        limit = f"the memory limit is {budget / memory.GB:.1f} GB"
+        assert error["param"] == "size" and limit in str(error["message"])
         assert "needs about" in str(error["message"]) and jobs_seen(client) == 0
 
         state = client.app.state.server  # type: ignore[attr-defined]
-        assert state.memory_budget == 8 * GIB
+        assert state.memory_budget == budget
         request, _ = state.prepare(ImageGenerationBody(prompt="x", size="256x256", mode=0))
         assert request.decode_tile is None
-        setup = memory.setup_for(request, low_memory=False, threads=None, backend="stablediffusion")
-        assert estimate(512, 512, 0, setup).peak > 8 * GIB  # so 512x512 only fits with a tiled decode
         request, _ = state.prepare(ImageGenerationBody(prompt="x", size="512x512", mode=0))
         assert request.decode_tile is not None
 

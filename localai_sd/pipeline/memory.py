@@ -9,9 +9,9 @@ same machine, ``benchmarks/RESULTS.md`` on another) check the sum.
 
 A request's peak is the largest of its phases, in the order the pipeline runs them:
 
-* default setting: the text encoder, the UNet and the decoder stay loaded; sampling adds the UNet's
-  activations (two sets when cond and uncond run side by side), decoding adds the decoder's (the UNet's pools
-  are released first);
+* default setting: the UNet and the decoder stay loaded, the text encoder is loaded for the encoding and
+  released after it; sampling adds the UNet's activations (two sets when cond and uncond run side by side),
+  decoding adds the decoder's (the UNet's pools are released first);
 * low-memory setting: the text encoder is released before the UNet loads; the plain-convolution decoder is
   loaded for the decode only.
 
@@ -65,6 +65,9 @@ TEXT_ENCODER = NetMemory(weights=0.40 * GB, base=0.05 * GB)
 #: point (640 is the tightest). At 1024x1024 that is 11.6 GB: the decoder alone explains most of the
 #: "1024x1024 went past 12 GB" report, and is what tiling removes.
 DECODER = NetMemory(weights=0.81 * GB, base=0.2 * GB, per_pixel=10_900)
+#: Its weights up to 256x256, where ``conv_plan`` runs the 32x32 maps without winograd: 0.584 GB measured.
+DECODER_WEIGHTS_SMALL = 0.59 * GB
+DECODER_SMALL_MAX_SIDE = 256
 #: The plain-convolution bf16 decoder of the low-memory setting (the reference's options): 0.15 GB of
 #: weights; activations 0.162 / 0.403 / 0.737 / 1.260 / 1.600 GB at 256 ... 768 px, 2.47-3.08 KB per pixel.
 DECODER_REFERENCE = NetMemory(weights=0.16 * GB, per_pixel=3_100)
@@ -78,22 +81,26 @@ UNET_ACTIVATIONS = NetMemory(weights=0.0, per_pixel=1683, per_pixel_squared=0.01
 #: UNet weights in mode 0 (plain convolution): 3.15 GB at every size.
 UNET_WEIGHTS_MODE_0 = 3.16 * GB
 #: In mode 1 ncnn stores winograd-transformed kernels, chosen from the input shapes the .param declares
-#: (every param carries shape hints: EdVince's -opt ones, or ours written by ``param_hints``). Measured
-#: (benchmarks/results/memory-sizes-hinted*.json): 5.55 GB at 256 and 5.48 GB at 384; 7.19 GB at 448 and
-#: 7.26 GB at 512, 640 and 768. (Without hints every variant is prepared: 9.50 GB at 384.)
-UNET_WEIGHTS_MODE_1_SMALL = 5.56 * GB
-UNET_WEIGHTS_MODE_1 = 7.27 * GB
-#: The largest side measured with the smaller winograd kernel set.
-SMALL_KERNEL_MAX_SIDE = 384
+#: (every param carries shape hints: EdVince's -opt ones, or ours written by ``param_hints``), except on the
+#: small maps where ``conv_plan`` switches winograd off (maps up to 8 cells, up to 16 in the low-memory
+#: setting). Measured by the largest side (benchmarks/results/memory-sizes-conv-plan.json; 768 from
+#: memory-sizes-hinted.json, where nothing is plain): (largest side up to, GB).
+UNET_WEIGHTS_MODE_1 = ((256, 4.16), (384, 4.70), (512, 6.47), (1024, 7.27))
+UNET_WEIGHTS_MODE_1_LOW_MEMORY = ((256, 3.35), (512, 4.16), (640, 6.40), (1024, 7.27))
 
 
-def unet_weights_for(mode: int, width: int, height: int) -> float:
-    """Resident UNet weights for this mode and size."""
+def unet_weights_for(mode: int, width: int, height: int, low_memory: bool = False) -> float:
+    """Resident UNet weights for this mode, size and setting."""
     if mode == 0:
         return UNET_WEIGHTS_MODE_0
-    if max(width, height) <= SMALL_KERNEL_MAX_SIDE:
-        return UNET_WEIGHTS_MODE_1_SMALL
-    return UNET_WEIGHTS_MODE_1
+    table = UNET_WEIGHTS_MODE_1_LOW_MEMORY if low_memory else UNET_WEIGHTS_MODE_1
+    side = max(width, height)
+    return next((gb for limit, gb in table if side <= limit), table[-1][1]) * GB
+
+
+def decoder_weights_for(width: int, height: int) -> float:
+    """Resident weights of our decoder: its latent-sized maps run without winograd up to 256 pixels a side."""
+    return DECODER_WEIGHTS_SMALL if max(width, height) <= DECODER_SMALL_MAX_SIDE else DECODER.weights
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ def estimate(
 ) -> MemoryEstimate:
     """Estimated peak resident bytes of one request, and its phase, for a decode whole or in tiles."""
     pixels = width * height
-    unet_weights = unet_weights_for(mode, width, height)
+    unet_weights = unet_weights_for(mode, width, height, setup.low_memory)
     sampling = UNET_ACTIVATIONS.activations(pixels)
     decoder = DECODER_REFERENCE if setup.low_memory else DECODER
     decoding = decoder.activations(decoder_pixels(width, height, decode_tile))
@@ -150,8 +157,12 @@ def estimate(
             "decode": unet_weights + decoder.weights + decoding,
         }
     else:
-        resident = TEXT_ENCODER.weights + unet_weights + decoder.weights
-        phases = {"sample": resident + setup.lanes * sampling, "decode": resident + decoding}
+        resident = unet_weights + decoder_weights_for(width, height)
+        phases = {
+            "encode": resident + TEXT_ENCODER.weights + TEXT_ENCODER.activations(pixels),
+            "sample": resident + setup.lanes * sampling,
+            "decode": resident + decoding,
+        }
     phase = max(phases, key=lambda name: phases[name])
     return MemoryEstimate(round(MARGIN * (PROCESS + phases[phase])), phase, decode_tile)
 

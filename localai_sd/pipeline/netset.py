@@ -1,13 +1,15 @@
 """A model's loaded nets: which are resident, for which size and mode, and when they are released.
 
 ``load_*`` build one net of an asset set (its param text for the size, its weights: the .bin file or a
-reader); ``NetSet`` keeps them between requests: the text encoder from load, one UNet per (size, mode, lanes),
-one decoder and one encoder per size, each replaced when another size comes, to bound memory.
+reader); ``NetSet`` keeps them between requests: one UNet per (size, mode, lanes), one decoder and one encoder
+per size, each replaced when another size comes, to bound memory. The text encoder is loaded for a request's
+prompts and released once they are encoded, so sampling and decoding run without it.
 
-The low-memory setting keeps only the UNet resident: the text encoder is released after encoding and
-reloaded for the next prompt, the decoder and encoder are loaded for each use (the decoder with the
-reference's plain-convolution options, no winograd workspace). Measured at 256x256 (benchmarks/RESULTS.md):
-peak RSS 7.32 -> 5.88 GB in mode 1 and 5.00 -> 3.55 GB in mode 0, decode about 6-9x slower.
+The low-memory setting keeps only the UNet resident: the decoder and encoder are loaded for each use (the
+decoder with the reference's plain-convolution options, no winograd workspace), and the UNet gives up
+winograd on more of its small maps (``conv_plan``). Peak RSS of a whole 256x256 request, measured
+(benchmarks/RESULTS.md, "Winograd by map size"): 5.88 GB by default and 3.76 GB low-memory in mode 1; 4.86
+and 3.58 GB in mode 0.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from localai_sd.pipeline import nets
-from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline import conv_plan, nets
+from localai_sd.pipeline.assets import AssetSet, hint_shapes
 
 #: The weight source for a net (by its asset-set name), fresh for each load.
 WeightsFor = Callable[[str], nets.Weights]
@@ -41,9 +43,15 @@ def _source(assets: AssetSet, net: str, weights: nets.Weights | SyntheticSource 
     return weights
 
 
-def _param(assets: AssetSet, net: str, width: int, height: int) -> tuple[str, str]:
-    """The param text of ``net`` for a width x height image, and the name of the file it came from."""
-    return assets.param_text(net, width, height), assets.param_path(net, width, height).name
+def _param(assets: AssetSet, net: str, width: int, height: int, plain_max_extent: int = 0) -> tuple[str, str]:
+    """The param text of ``net`` for a width x height image, and the name of the file it came from.
+
+    ``plain_max_extent`` > 0 switches winograd off on the 3x3 convolutions whose output map is at most that
+    many cells on each side (:mod:`conv_plan`; it only matters when the net is loaded with winograd on).
+    """
+    text, name = assets.param_text(net, width, height), assets.param_path(net, width, height).name
+    shapes = hint_shapes(net, width, height)
+    return conv_plan.winograd_where_it_pays(text, shapes, plain_max_extent, name=name), name
 
 
 def bin_weights(assets: AssetSet) -> WeightsFor:
@@ -73,10 +81,15 @@ def load_unet(
     mode: int = 0,
     threads: int | None = None,
     concurrent_pairs: bool = False,
+    plain_max_extent: int = conv_plan.UNET_PLAIN_MAX_EXTENT,
 ) -> nets.UNet:
-    """The UNet of ``assets`` for a width x height image in LocalAI ``mode``."""
+    """The UNet of ``assets`` for a width x height image in LocalAI ``mode``.
+
+    In mode 1 the convolutions on maps up to ``plain_max_extent`` square run without winograd (same speed
+    measured, 1.4 GB less at 256x256; :mod:`conv_plan`).
+    """
     return nets.UNet.load(
-        *_param(assets, "unet", width, height),
+        *_param(assets, "unet", width, height, plain_max_extent if mode else 0),
         _source(assets, "unet", weights),
         width,
         height,
@@ -94,11 +107,12 @@ def load_decoder(
     weights: nets.Weights | SyntheticSource | None = None,
     threads: int | None = None,
     reference_options: bool = False,
+    plain_max_extent: int = conv_plan.DECODER_PLAIN_MAX_EXTENT,
 ) -> nets.VAEDecoder:
-    """The VAE decoder of ``assets`` for a width x height image."""
+    """The VAE decoder of ``assets`` for a width x height image (see :func:`load_unet` on ``plain_max_extent``)."""
     name = "vae_decoder"
     return nets.VAEDecoder.load(
-        *_param(assets, name, width, height),
+        *_param(assets, name, width, height, 0 if reference_options else plain_max_extent),
         _source(assets, name, weights),
         width,
         height,
@@ -144,6 +158,14 @@ class NetSet:
         #: Run each step's cond and uncond UNet passes side by side, half the threads each (same results,
         #: measured faster at 2 threads; costs a second activation set, so off in the low-memory setting).
         self.parallel_guidance = not low_memory
+        #: Keep the text encoder loaded between requests. Off by default: it is released once the prompts are
+        #: encoded (0.4 GB less while the decoder runs, which is the default request's peak) and reloaded for
+        #: the next request in about 0.2 s (benchmarks/RESULTS.md, "winograd by map size").
+        self.keep_text_encoder = False
+        #: Largest output map (each side) of the 3x3 convolutions that run without winograd in mode 1
+        #: (:mod:`conv_plan`); the low-memory setting also gives up the UNet's 640-channel level's kernels.
+        self.unet_plain_max_extent = 16 if low_memory else conv_plan.UNET_PLAIN_MAX_EXTENT
+        self.decoder_plain_max_extent = conv_plan.DECODER_PLAIN_MAX_EXTENT
         self._text_encoder: nets.TextEncoder | None = load_text_encoder(
             assets, weights=weights_for("text_encoder"), threads=threads
         )
@@ -181,6 +203,7 @@ class NetSet:
                 mode=mode,
                 threads=self.threads,
                 concurrent_pairs=side_by_side,
+                plain_max_extent=self.unet_plain_max_extent,
             )
             self._unet = (key, unet)
         return self._unet[1]
@@ -196,6 +219,7 @@ class NetSet:
                 weights=self.weights_for("vae_decoder"),
                 threads=self.threads,
                 reference_options=self.low_memory,
+                plain_max_extent=self.decoder_plain_max_extent,
             )
             self._decoder = ((width, height), decoder)
         return self._decoder[1]
@@ -213,10 +237,10 @@ class NetSet:
     # -- the release policy ----------------------------------------------------------------------------------
 
     def after_encoding(self) -> None:
-        """Prompts are encoded: free the encoder's activations; release it entirely in the low-memory setting."""
+        """Prompts are encoded: free the encoder's activations, and release it unless it is kept."""
         if self._text_encoder is not None:
             self._text_encoder.release_memory()
-            if self.low_memory:
+            if self.low_memory or not self.keep_text_encoder:
                 self._closed_ncnn += self._text_encoder.ncnn_seconds
                 self._text_encoder.close()
                 self._text_encoder = None
