@@ -105,7 +105,7 @@ def run_case(assets: str, case: Case, threads: int | None) -> Result:
 
     from localai_sd.pipeline import img2img
     from localai_sd.pipeline.images_in import DecodedImage
-    from localai_sd.pipeline.pipeline import StableDiffusion
+    from localai_sd.pipeline.pipeline import StableDiffusion, runs_in_pairs
     from localai_sd.pipeline.request import GenerationRequest
     from localai_sd.testing.synthetic import SyntheticWeights
 
@@ -145,6 +145,8 @@ def run_case(assets: str, case: Case, threads: int | None) -> Result:
         sd.nets.after_encoding()
     else:
         sd.warm(width, height, request.mode)
+        # The UNet this request runs on: guidance limits and CFG 1 take it on all threads, not in pairs.
+        sd.unet(width, height, request.mode, guided=runs_in_pairs(request))
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     sd.generate(request, edit=edit)
