@@ -53,17 +53,19 @@ def worker(asset_dir: str, net_name: str, size: int, mode: int, variant: str, ru
 
     from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
+    from localai_sd.pipeline.ncnn_runtime import load_net
+    from localai_sd.pipeline.netspec import decoder_options, unet_options
     from localai_sd.testing.synthetic import SyntheticWeights
 
     overrides, _ = VARIANTS[variant]
     assets = AssetSet.from_dir(asset_dir)
-    base = nets.unet_options(mode) if net_name == "unet" else nets.decoder_options()
+    base = unet_options(mode) if net_name == "unet" else decoder_options()
     options = dataclasses.replace(base, **overrides)
     start = time.perf_counter()
     lanes = 2 if variant == "side-by-side" and net_name == "unet" else 1
     options = dataclasses.replace(options, threads=max(1, options.threads // lanes))
     text = assets.param_text(net_name, size, size)
-    net = nets.load_net(text, net_name, SyntheticWeights(), options)
+    net = load_net(text, net_name, SyntheticWeights(), options)
     cls = nets.UNet if net_name == "unet" else nets.VAEDecoder
     model = cls(net, net_name, options)
     model.width = model.height = size

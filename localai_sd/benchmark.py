@@ -1,6 +1,6 @@
 """Benchmark: time a warm request of ours against the LocalAI-equivalent cold request, one fresh process each.
 
-Each trial runs in a new spawned process so that its peak RSS (``ru_maxrss``) belongs to that configuration
+Each trial runs in a new spawned process so that its peak RSS (``VmHWM``) belongs to that configuration
 alone. Contenders alternate (ours, localai, ours, localai, ...) because small machines throttle in bursts;
 the summary reports min and median of each and their ratio.
 """
@@ -94,7 +94,17 @@ def _synthetic(target: Target):  # -> SyntheticWeights | None
 
 
 def _peak_rss_gb() -> float:
-    """Peak resident set size of this process so far, in GB (ru_maxrss)."""
+    """Peak resident set size of this process's own memory so far, in GB.
+
+    VmHWM (/proc/self/status) belongs to the process image, so a spawned child starts from zero. ``ru_maxrss``
+    does not: Linux keeps it across fork and exec, and a trial spawned from a 5 GB test process reported 5.09 GB.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * KIB / GB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / GB
 
 
@@ -135,7 +145,9 @@ def run_localai(target: Target, spec: TrialSpec, progress: Progress = _no_progre
     from localai_sd.pipeline import nets
     from localai_sd.pipeline.assets import AssetSet
     from localai_sd.pipeline.denoiser import DiscreteSchedule, cfg_denoiser, load_log_sigmas, sd1_log_sigmas
+    from localai_sd.pipeline.ncnn_runtime import NcnnModel
     from localai_sd.pipeline.netset import load_decoder, load_encoder, load_text_encoder, load_unet
+    from localai_sd.pipeline.netspec import LATENT_CHANNELS, VAE_SCALE
     from localai_sd.pipeline.output import decoder_to_pixels, encode_png
     from localai_sd.pipeline.prompt import build_chunks
     from localai_sd.pipeline.request import split_negative
@@ -150,7 +162,7 @@ def run_localai(target: Target, spec: TrialSpec, progress: Progress = _no_progre
     sigmas_path = assets.log_sigmas_path
     schedule = DiscreteSchedule(load_log_sigmas(sigmas_path) if sigmas_path else sd1_log_sigmas())
     common = {"threads": target.threads, "weights": weights}
-    loaded: list[nets.NcnnModel] = [load_text_encoder(assets, **common)]
+    loaded: list[NcnnModel] = [load_text_encoder(assets, **common)]
     unet = load_unet(assets, spec.size, spec.size, mode=spec.mode, **common)
     decoder = load_decoder(assets, spec.size, spec.size, reference_options=True, **common)
     loaded += [unet, decoder]
@@ -175,7 +187,7 @@ def run_localai(target: Target, spec: TrialSpec, progress: Progress = _no_progre
     sigmas = get_sigmas_default(spec.steps, schedule)
     model = cfg_denoiser(unet, schedule, conds[0], conds[1], REFERENCE_CFG_SCALE)
     rng = np.random.Generator(np.random.PCG64(SEED))
-    shape = (nets.LATENT_CHANNELS, spec.size // nets.VAE_SCALE, spec.size // nets.VAE_SCALE)
+    shape = (LATENT_CHANNELS, spec.size // VAE_SCALE, spec.size // VAE_SCALE)
     x = rng.standard_normal(shape, dtype=np.float32) * np.float32(sigmas[0])
     latent = SAMPLERS[REFERENCE_SAMPLER](
         model, x, sigmas, rng=rng, callback=lambda info: progress("sample", info["i"] + 1, spec.steps)

@@ -9,6 +9,7 @@ import pytest
 
 from localai_sd.pipeline import conv_plan, nets
 from localai_sd.pipeline.assets import AssetSet, hint_shapes
+from localai_sd.pipeline.ncnn_runtime import load_net
 from localai_sd.pipeline.netset import load_unet
 from localai_sd.pipeline.netspec import NetOptions
 from localai_sd.pipeline.param_check import check_param, parse_param
@@ -74,7 +75,7 @@ def run_conv(text: str, options: NetOptions, image: np.ndarray) -> np.ndarray:
     """Load ``text`` with synthetic weights and return blob ``a`` (ncnn imported here only to drive the net)."""
     import ncnn
 
-    net = nets.load_net(text, "conv.param", SyntheticWeights(seed=3).fresh(), options)
+    net = load_net(text, "conv.param", SyntheticWeights(seed=3).fresh(), options)
     try:
         data = np.ascontiguousarray(image)
         mat = ncnn.Mat(data)  # views ``data``: both must outlive the extraction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 from localai_sd.errors import AssetError, InvalidRequest
 from localai_sd.pipeline import nets
 from localai_sd.pipeline.assets import AssetSet
+from localai_sd.pipeline.ncnn_runtime import load_net, owned_mat
 from localai_sd.pipeline.netset import load_decoder, load_encoder, load_text_encoder, load_unet
+from localai_sd.pipeline.netspec import VAE_SCALING, decoder_options
 from localai_sd.testing.synthetic import SyntheticWeights, record_weight_reads
 from localai_sd.testing.tiny import build_tiny_assets
 
@@ -154,11 +157,11 @@ def test_non_square_keeps_width_height_order(tiny: AssetSet) -> None:
 def test_decoder_scales_latent(tiny: AssetSet) -> None:
     decoder = load_decoder(tiny, 64, 64, threads=1)
     x = _latent(64, 64)
-    raw = nets.load_net(tiny.param_text("vae_decoder", 64, 64), "vae", tiny.weights_path("vae_decoder"),
-                        nets.decoder_options(1))  # fmt: skip
+    raw = load_net(tiny.param_text("vae_decoder", 64, 64), "vae", tiny.weights_path("vae_decoder"),
+                   decoder_options(1))  # fmt: skip
     extractor = raw.create_extractor()
-    scaled = np.ascontiguousarray(x / nets.VAE_SCALING)
-    extractor.input("input.1", nets._owned_mat(scaled))
+    scaled = np.ascontiguousarray(x / VAE_SCALING)
+    extractor.input("input.1", owned_mat(scaled))
     _, expected = extractor.extract("815")
     np.testing.assert_allclose(decoder(x), np.array(expected), rtol=1e-5, atol=1e-5)
     assert decoder.latent_shape == (4, 8, 8)
@@ -328,3 +331,14 @@ def test_ncnn_out_of_memory_names_size_mode_and_what_to_try(tiny_models: Path) -
         "try a smaller size, --mode 0, or --low-memory"
     )
     assert status_for(OutOfMemory("x"))[0] == 503
+
+
+def test_only_ncnn_runtime_imports_ncnn() -> None:
+    """The layout rule: one module talks to ncnn; every other one sees numpy arrays only."""
+    package = Path(nets.__file__).resolve().parents[1]
+    importers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(import ncnn|from ncnn\b)", path.read_text(), re.MULTILINE)
+    )
+    assert importers == ["pipeline/ncnn_runtime.py"]

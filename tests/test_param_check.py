@@ -1,4 +1,4 @@
-"""Tests of the .param checker (localai_sd.pipeline.param_check) and its hook in nets.load_net."""
+"""Tests of the .param checker (localai_sd.pipeline.param_check) and its hook in ncnn_runtime.load_net."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from localai_sd.errors import AssetError
-from localai_sd.pipeline import nets, params
+from localai_sd.pipeline import params
 from localai_sd.pipeline.assets import STABLEDIFFUSION_NETS
+from localai_sd.pipeline.ncnn_runtime import load_net
+from localai_sd.pipeline.netspec import NetOptions
 from localai_sd.pipeline.param_check import NCNN_LAYER_TYPES, check_param, sd_blob_shapes
 from localai_sd.testing.param_fuzz import SIZE, base_params, run_text_in_child
 from localai_sd.testing.synthetic import SyntheticWeights
@@ -87,7 +89,7 @@ def test_issue_examples_crash_ncnn_without_the_check_and_not_with_it() -> None:
 
 def test_load_net_runs_the_check_before_ncnn() -> None:
     with pytest.raises(AssetError, match=r"'x.param' line 10: .*Concat axis -773"):
-        nets.load_net(concat_773(), "x.param", SyntheticWeights(0), nets.NetOptions(threads=1))
+        load_net(concat_773(), "x.param", SyntheticWeights(0), NetOptions(threads=1))
 
 
 @pytest.mark.parametrize(

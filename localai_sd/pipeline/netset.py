@@ -20,19 +20,21 @@ from typing import Protocol, runtime_checkable
 
 from localai_sd.pipeline import conv_plan, nets
 from localai_sd.pipeline.assets import AssetSet, hint_shapes
+from localai_sd.pipeline.ncnn_runtime import NcnnModel
+from localai_sd.pipeline.netspec import WeightReader, Weights, default_threads
 
 #: The weight source for a net (by its asset-set name), fresh for each load.
-WeightsFor = Callable[[str], nets.Weights]
+WeightsFor = Callable[[str], Weights]
 
 
 @runtime_checkable
 class SyntheticSource(Protocol):
     """Something that hands out a fresh weight reader per load (``testing.synthetic.SyntheticWeights``)."""
 
-    def fresh(self) -> nets.WeightReader: ...
+    def fresh(self) -> WeightReader: ...
 
 
-def _source(assets: AssetSet, net: str, weights: nets.Weights | SyntheticSource | None) -> nets.Weights:
+def _source(assets: AssetSet, net: str, weights: Weights | SyntheticSource | None) -> Weights:
     """The weights to load ``net`` from: its .bin file by default; a synthetic source gives a fresh reader."""
     if weights is None:
         return assets.weights_path(net)
@@ -60,7 +62,7 @@ def bin_weights(assets: AssetSet) -> WeightsFor:
 
 
 def load_text_encoder(
-    assets: AssetSet, *, weights: nets.Weights | SyntheticSource | None = None, threads: int | None = None
+    assets: AssetSet, *, weights: Weights | SyntheticSource | None = None, threads: int | None = None
 ) -> nets.TextEncoder:
     """The CLIP text encoder of ``assets`` (weights: its .bin file unless a reader is given)."""
     name = "text_encoder"
@@ -77,7 +79,7 @@ def load_unet(
     width: int,
     height: int,
     *,
-    weights: nets.Weights | SyntheticSource | None = None,
+    weights: Weights | SyntheticSource | None = None,
     mode: int = 0,
     threads: int | None = None,
     concurrent_pairs: bool = False,
@@ -104,7 +106,7 @@ def load_decoder(
     width: int,
     height: int,
     *,
-    weights: nets.Weights | SyntheticSource | None = None,
+    weights: Weights | SyntheticSource | None = None,
     threads: int | None = None,
     reference_options: bool = False,
     plain_max_extent: int = conv_plan.DECODER_PLAIN_MAX_EXTENT,
@@ -126,7 +128,7 @@ def load_encoder(
     width: int,
     height: int,
     *,
-    weights: nets.Weights | SyntheticSource | None = None,
+    weights: Weights | SyntheticSource | None = None,
     threads: int | None = None,
 ) -> nets.VAEEncoder:
     """The img2img VAE encoder of ``assets`` for a width x height image."""
@@ -191,7 +193,7 @@ class NetSet:
         ``guided`` (two passes per step) loads it for side-by-side pairs when the setting allows; an unguided
         request gets a UNet on all the threads, since its single pass cannot be split.
         """
-        side_by_side = self.parallel_guidance and guided and (self.threads or nets.default_threads()) >= 2
+        side_by_side = self.parallel_guidance and guided and (self.threads or default_threads()) >= 2
         key = (width, height, mode, side_by_side)
         if self._unet is None or self._unet[0] != key:
             self._drop("_unet")
@@ -285,9 +287,7 @@ class NetSet:
     @property
     def ncnn_seconds(self) -> float:
         """Seconds spent inside ncnn by every net this set has loaded."""
-        loaded: list[nets.NcnnModel] = [
-            entry[1] for entry in (self._unet, self._decoder, self._encoder) if entry
-        ]
+        loaded: list[NcnnModel] = [entry[1] for entry in (self._unet, self._decoder, self._encoder) if entry]
         if self._text_encoder is not None:
             loaded.append(self._text_encoder)
         return self._closed_ncnn + sum(net.ncnn_seconds for net in loaded)
@@ -299,7 +299,7 @@ class NetSet:
                                           ("vae_encoder", self._encoder)) if entry]  # fmt: skip
         return (["text_encoder"] if self._text_encoder is not None else []) + names
 
-    def loaded(self, net: str) -> nets.NcnnModel | None:
+    def loaded(self, net: str) -> NcnnModel | None:
         """The resident net of that name (``text_encoder``, ``unet``, ``vae_decoder``, ``vae_encoder``), if any."""
         if net == "text_encoder":
             return self._text_encoder

@@ -1,7 +1,7 @@
 """What the SD1 nets are, apart from ncnn itself: I/O constants, the ncnn options we set, weight sources.
 
 Pure data, so that the pieces that decide *how* to run a net (modes, threads, memory) need not import ncnn;
-``nets.py`` applies these options to ncnn and is the only ncnn importer.
+``ncnn_runtime.py`` applies these options to ncnn and is the only ncnn importer.
 """
 
 from __future__ import annotations

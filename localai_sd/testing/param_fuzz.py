@@ -172,17 +172,19 @@ def variant(seed: int) -> Variant:
 
 
 def run_text(net: str, text: str, name: str = "fuzz.param") -> None:
-    """Load ``text`` as ``net`` with synthetic weights through nets.load_net, and run it once on zeros."""
+    """Load ``text`` as ``net`` with synthetic weights through ``load_net``, and run it once on zeros."""
     import numpy as np
 
     from localai_sd.pipeline import nets
+    from localai_sd.pipeline.ncnn_runtime import NcnnModel, load_net
+    from localai_sd.pipeline.netspec import NetOptions
     from localai_sd.pipeline.param_check import sd_blob_shapes
     from localai_sd.testing.synthetic import SyntheticWeights
 
-    options = nets.NetOptions(threads=1)
-    loaded = nets.load_net(text, name, SyntheticWeights(0), options, sd_blob_shapes(net, SIZE, SIZE))
+    options = NetOptions(threads=1)
+    loaded = load_net(text, name, SyntheticWeights(0), options, sd_blob_shapes(net, SIZE, SIZE))
     latent = np.zeros((4, SIZE // 8, SIZE // 8), np.float32)
-    model: nets.NcnnModel
+    model: NcnnModel
     if net == "text_encoder":
         model = encoder = nets.TextEncoder(loaded, name, options)
         tokens, weights = np.zeros(77, np.int32), np.ones(77, np.float32)
@@ -209,11 +211,11 @@ def _limit_memory(checked: bool) -> None:
     """Cap the child's address space; unchecked, let ncnn take the text as the old code did."""
     import resource
 
-    from localai_sd.pipeline import nets
+    from localai_sd.pipeline import ncnn_runtime
 
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
     if not checked:  # the unchecked path: what ncnn does with the text on its own (crash demonstrations)
-        nets.check_param = lambda *args, **kwargs: []  # type: ignore[assignment]
+        ncnn_runtime.check_param = lambda *args, **kwargs: []  # type: ignore[assignment]
 
 
 def _child(seeds: list[int], checked: bool) -> None:

@@ -2,7 +2,7 @@
 exact real layout (fp16-flagged kernels, fp32 biases), so ncnn's file loading runs at real speed and memory.
 
 Both follow ncnn's ModelBin reads: a 4-byte type flag before each kernel (0 = raw fp32 follows, the fp16
-flag = fp16 follows), then the data. The readers here are plain Python (``nets.WeightReader``); nets.py
+flag = fp16 follows), then the data. The readers here are plain Python (``netspec.WeightReader``); ncnn_runtime.py
 adapts them to ncnn.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from localai_sd.errors import AssetError
-from localai_sd.pipeline import nets
+from localai_sd.pipeline import ncnn_runtime
 from localai_sd.pipeline.assets import LOG_SIGMAS, STABLEDIFFUSION_NETS, VOCAB, read_text
 from localai_sd.pipeline.netspec import FLAG_FP16, FLAG_FP32, FLAG_SIZE
 
@@ -98,7 +98,7 @@ class RecordingReader:
 def record_weight_reads(param_text: str, name: str = "param") -> list[WeightRead]:
     """The sequence of reads ncnn makes loading fp16 weights for ``param_text`` (the .bin layout)."""
     reader = RecordingReader()
-    nets.stream_weights(param_text, reader, name)
+    ncnn_runtime.stream_weights(param_text, reader, name)
     reads, after_flag = [], False
     for size in reader.sizes:
         if size == FLAG_SIZE and not after_flag:
