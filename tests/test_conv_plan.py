@@ -16,7 +16,7 @@ from localai_sd.pipeline.param_check import check_param, parse_param
 from localai_sd.testing.ncnn_graph import Graph
 from localai_sd.testing.synthetic import SyntheticWeights
 
-CHANNELS = 16
+CHANNELS = 32  # well above ncnn's channel threshold for choosing winograd on any x86 kernel set
 
 
 def conv(
