@@ -14,13 +14,11 @@ DEFAULT_ASSETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "sd-ncn
 
 
 def memory_gb() -> tuple[float, float]:
-    """(VmRSS, VmHWM) of this process in GB, from /proc/self/status."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * 1024 / 1e9
-    return fields["VmRSS"], fields["VmHWM"]
+    """(VmRSS, VmHWM) of this process in GB."""
+    from localai_sd.benchmark import process_memory
+
+    fields = process_memory()
+    return fields["VmRSS"] / 1e9, fields["VmHWM"] / 1e9
 
 
 def main(argv: list[str]) -> int:

@@ -24,13 +24,10 @@ GB = 1e9
 
 
 def memory_bytes() -> dict[str, int]:
-    """VmRSS and VmHWM of this process in bytes, from /proc/self/status."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * 1024
-    return fields
+    """VmRSS and VmHWM of this process in bytes."""
+    from localai_sd.benchmark import process_memory
+
+    return process_memory()
 
 
 def measure_one(assets: Path, net: str, size: int, mode: int, threads: int | None) -> dict:

@@ -93,19 +93,28 @@ def _synthetic(target: Target):  # -> SyntheticWeights | None
     return SyntheticWeights() if target.synthetic else None
 
 
+def process_memory() -> dict[str, int]:
+    """This process's resident memory now (``VmRSS``) and at its peak (``VmHWM``) in bytes; {} without /proc."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * KIB
+    return fields
+
+
 def _peak_rss_gb() -> float:
     """Peak resident set size of this process's own memory so far, in GB.
 
-    VmHWM (/proc/self/status) belongs to the process image, so a spawned child starts from zero. ``ru_maxrss``
-    does not: Linux keeps it across fork and exec, and a trial spawned from a 5 GB test process reported 5.09 GB.
+    VmHWM belongs to the process image, so a spawned child starts from zero. ``ru_maxrss`` does not: Linux keeps
+    it across fork and exec, and a trial spawned from a 5 GB test process reported 5.09 GB.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * KIB / GB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB / GB
+    peak = process_memory().get("VmHWM")
+    return (peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * KIB) / GB
 
 
 def run_ours(target: Target, spec: TrialSpec, progress: Progress = _no_progress) -> TrialResult:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from localai_sd.errors import InvalidRequest
+from localai_sd.pipeline import conv_plan
 from localai_sd.pipeline.request import GenerationRequest
 from localai_sd.pipeline.tiling import DEFAULT_OVERLAP, VAE_SCALE
 
@@ -65,9 +66,10 @@ TEXT_ENCODER = NetMemory(weights=0.40 * GB, base=0.05 * GB)
 #: point (640 is the tightest). At 1024x1024 that is 11.6 GB: the decoder alone explains most of the
 #: "1024x1024 went past 12 GB" report, and is what tiling removes.
 DECODER = NetMemory(weights=0.81 * GB, base=0.2 * GB, per_pixel=10_900)
-#: Its weights up to 256x256, where ``conv_plan`` runs the 32x32 maps without winograd: 0.584 GB measured.
+#: Its weights while ``conv_plan`` runs its latent-sized maps without winograd (sides up to 32 cells, 256
+#: pixels): 0.584 GB measured at 256.
 DECODER_WEIGHTS_SMALL = 0.59 * GB
-DECODER_SMALL_MAX_SIDE = 256
+DECODER_SMALL_MAX_SIDE = conv_plan.DECODER_PLAIN_MAX_EXTENT * VAE_SCALE
 #: The plain-convolution bf16 decoder of the low-memory setting (the reference's options): 0.15 GB of
 #: weights; activations 0.162 / 0.403 / 0.737 / 1.260 / 1.600 GB at 256 ... 768 px, 2.47-3.08 KB per pixel.
 DECODER_REFERENCE = NetMemory(weights=0.16 * GB, per_pixel=3_100)

@@ -52,8 +52,11 @@ def _param(assets: AssetSet, net: str, width: int, height: int, plain_max_extent
     many cells on each side (:mod:`conv_plan`; it only matters when the net is loaded with winograd on).
     """
     text, name = assets.param_text(net, width, height), assets.param_path(net, width, height).name
-    shapes = hint_shapes(net, width, height)
-    return conv_plan.winograd_where_it_pays(text, shapes, plain_max_extent, name=name), name
+    if plain_max_extent > 0:
+        text = conv_plan.winograd_where_it_pays(
+            text, hint_shapes(net, width, height), plain_max_extent, name=name
+        )
+    return text, name
 
 
 def bin_weights(assets: AssetSet) -> WeightsFor:
@@ -165,8 +168,10 @@ class NetSet:
         #: the next request in about 0.2 s (benchmarks/RESULTS.md, "winograd by map size").
         self.keep_text_encoder = False
         #: Largest output map (each side) of the 3x3 convolutions that run without winograd in mode 1
-        #: (:mod:`conv_plan`); the low-memory setting also gives up the UNet's 640-channel level's kernels.
-        self.unet_plain_max_extent = 16 if low_memory else conv_plan.UNET_PLAIN_MAX_EXTENT
+        #: (:mod:`conv_plan`); the low-memory setting gives up more of the UNet's kernels.
+        self.unet_plain_max_extent = (
+            conv_plan.UNET_PLAIN_MAX_EXTENT_LOW_MEMORY if low_memory else conv_plan.UNET_PLAIN_MAX_EXTENT
+        )
         self.decoder_plain_max_extent = conv_plan.DECODER_PLAIN_MAX_EXTENT
         self._text_encoder: nets.TextEncoder | None = load_text_encoder(
             assets, weights=weights_for("text_encoder"), threads=threads
